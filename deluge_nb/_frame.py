@@ -1,0 +1,274 @@
+"""The pandas accessor: ``df.deluge`` and ``s.deluge``.
+
+Prompts come from a column or from a ``str.format`` template over columns.
+A row whose prompt, or any field its template uses, is missing (None, NaN,
+NaT, pd.NA) is not sent and gets empty result columns. Other values are
+formatted with ``format()``, so 42 becomes "42" and ``{price:.2f}`` works.
+Results are written back by position, so any index works: filtered,
+shuffled, duplicated or a MultiIndex. The input frame is never changed.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+
+from ._client import (
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_TIMEOUT_S,
+    ErrorsMode,
+    LLMClient,
+    Prompt,
+)
+from ._errors import ConfigurationError
+from ._types import RESULT_COLUMNS, Completion
+
+RESULT_DTYPES = {
+    "response": "string",
+    "input_tokens": "Int64",
+    "output_tokens": "Int64",
+    "cost_usd": "Float64",
+    "model": "string",
+    "finish_reason": "string",
+    "latency_s": "Float64",
+    "attempts": "Int64",
+    "cached": "boolean",
+    "error": "string",
+}
+
+
+def _is_missing(value: Any) -> bool:
+    if value is None or value is pd.NA or value is pd.NaT:
+        return True
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):  # arrays and other containers
+        return False
+
+
+def _as_prompt(value: Any) -> Prompt:
+    """A cell as a prompt: text, a list of chat messages, or None."""
+    if isinstance(value, str):
+        return value
+    if (
+        isinstance(value, Sequence)
+        and value
+        and all(isinstance(m, Mapping) for m in value)
+    ):
+        return list(value)
+    if _is_missing(value):
+        return None
+    return format(value)
+
+
+def template_fields(template: str) -> list[str]:
+    """The column names a ``str.format`` template refers to."""
+    fields = []
+    for _, name, _, _ in string.Formatter().parse(template):
+        if name is None:
+            continue
+        root = name.split(".", 1)[0].split("[", 1)[0]
+        if root == "" or root.isdigit():
+            raise ConfigurationError(
+                f"template {template!r} has a positional field; name a column "
+                "instead, e.g. {text}"
+            )
+        if root not in fields:
+            fields.append(root)
+    return fields
+
+
+def render_prompts(frame: pd.DataFrame, prompt: str | None) -> list[Prompt]:
+    """One prompt per row, in row order; None where the row has none."""
+    if prompt is None:
+        if "prompt" not in frame.columns:
+            raise ConfigurationError(
+                "say which column holds the prompts, e.g. prompt='text', or give a "
+                "template over columns, e.g. prompt='Summarize: {text}'"
+            )
+        prompt = "prompt"
+
+    if prompt in frame.columns:
+        column = frame[prompt]
+        if isinstance(column, pd.DataFrame):
+            raise ConfigurationError(f"more than one column is named {prompt!r}")
+        return [_as_prompt(v) for v in column.tolist()]
+
+    fields = template_fields(prompt)
+    if not fields:
+        raise ConfigurationError(
+            f"{prompt!r} is neither a column nor a template over columns; columns "
+            f"are {list(frame.columns)[:20]}"
+        )
+    unknown = [f for f in fields if f not in frame.columns]
+    if unknown:
+        raise ConfigurationError(
+            f"template refers to {unknown}, which are not columns; columns are "
+            f"{list(frame.columns)[:20]}"
+        )
+
+    columns = [frame[f].tolist() for f in fields]
+    prompts: list[Prompt] = []
+    for values in zip(*columns, strict=True):
+        if any(_is_missing(v) for v in values):
+            prompts.append(None)
+        else:
+            prompts.append(prompt.format_map(dict(zip(fields, values, strict=True))))
+    return prompts
+
+
+def attach_results(
+    frame: pd.DataFrame, results: Sequence[Completion], prefix: str = ""
+) -> pd.DataFrame:
+    """A copy of ``frame`` with the result columns, matched by position."""
+    names = {column: f"{prefix}{column}" for column in RESULT_COLUMNS}
+    clash = [name for name in names.values() if name in frame.columns]
+    if clash:
+        raise ConfigurationError(
+            f"the frame already has column(s) {clash}; pass prefix='...' to name the "
+            "result columns apart, e.g. prefix='v2_'"
+        )
+    out = frame.copy()
+    for column, name in names.items():
+        values = [getattr(result, column) for result in results]
+        # An array, not a Series: assignment is then by position, whatever
+        # the index looks like.
+        out[name] = pd.array(values, dtype=RESULT_DTYPES[column])
+    return out
+
+
+class _Accessor:
+    """What ``df.deluge`` and ``s.deluge`` share."""
+
+    def __init__(self, obj: pd.DataFrame | pd.Series) -> None:
+        self._obj = obj
+
+    def _frame(self, prompt: str | None) -> tuple[pd.DataFrame, str | None]:
+        raise NotImplementedError
+
+    def complete(
+        self,
+        model: str | Sequence[str],
+        prompt: str | None = None,
+        *,
+        system: str | None = None,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        temperature: float | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        max_requests_per_minute: float | None = None,
+        max_tokens_per_minute: float | None = None,
+        max_concurrent_requests: int | None = None,
+        progress: Any = "auto",
+        prefix: str = "",
+        errors: ErrorsMode = "store",
+        api_key: str | None = None,
+    ) -> pd.DataFrame:
+        """Send one prompt per row and return the frame with result columns.
+
+        Parameters
+        ----------
+        model
+            A model name from the registry (see ``deluge_nb.register_model``
+            for your own), or several sharing one budget.
+        prompt
+            A column name, or a template over columns such as
+            ``"Translate {text} to {lang}"``. Defaults to a column named
+            ``prompt`` (for a Series: the Series itself).
+        system
+            A system message sent with every row.
+        max_tokens
+            Output cap per row; reserved against tokens/min before sending.
+        temperature
+            Sampling temperature; None keeps the server's default.
+        timeout
+            Seconds per attempt.
+        max_attempts
+            Attempts per row, the first included.
+        max_requests_per_minute, max_tokens_per_minute, max_concurrent_requests
+            Limits; by default the model's registry limits.
+        progress
+            ``"auto"``, ``"tqdm"``, ``"manual"`` (a line every 30 s) or None.
+        prefix
+            Put before each result column's name.
+        errors
+            ``"store"``: a failed row gets its ``error``; ``"raise"``: the
+            first failure stops the job and is raised.
+        api_key
+            Overrides the model's environment variable.
+
+        Returns
+        -------
+        pandas.DataFrame
+            The input's columns, index and order, plus ``response``,
+            ``input_tokens``, ``output_tokens``, ``cost_usd``, ``model``,
+            ``finish_reason``, ``latency_s``, ``attempts``, ``cached`` and
+            ``error``.
+        """
+        frame, column = self._frame(prompt)
+        client = LLMClient(
+            model,
+            system=system,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            timeout=timeout,
+            max_attempts=max_attempts,
+            max_requests_per_minute=max_requests_per_minute,
+            max_tokens_per_minute=max_tokens_per_minute,
+            max_concurrent_requests=max_concurrent_requests,
+            progress=progress,
+            errors=errors,
+            api_key=api_key,
+        )
+        prompts = render_prompts(frame, column)
+        results = client.process_prompts_sync(prompts)
+        return attach_results(frame, results, prefix)
+
+    async def acomplete(
+        self,
+        model: str | Sequence[str],
+        prompt: str | None = None,
+        **options: Any,
+    ) -> pd.DataFrame:
+        """The awaitable form of ``complete``, for top-level ``await`` in a cell.
+
+        Takes the same options as ``complete``.
+        """
+        prefix = options.pop("prefix", "")
+        frame, column = self._frame(prompt)
+        client = LLMClient(model, **options)
+        prompts = render_prompts(frame, column)
+        results = await client.process_prompts_async(prompts)
+        return attach_results(frame, results, prefix)
+
+
+@pd.api.extensions.register_dataframe_accessor("deluge")
+class DataFrameAccessor(_Accessor):
+    """``df.deluge``: send a column or a template over columns to an LLM."""
+
+    _obj: pd.DataFrame
+
+    def _frame(self, prompt: str | None) -> tuple[pd.DataFrame, str | None]:
+        return self._obj, prompt
+
+
+@pd.api.extensions.register_series_accessor("deluge")
+class SeriesAccessor(_Accessor):
+    """``s.deluge``: each value is a prompt, or fills ``prompt``'s template.
+
+    The result is a DataFrame: the Series as a column (named after it, or
+    ``prompt``) plus the result columns.
+    """
+
+    _obj: pd.Series
+
+    def _frame(self, prompt: str | None) -> tuple[pd.DataFrame, str | None]:
+        name = self._obj.name if self._obj.name is not None else "prompt"
+        frame = self._obj.to_frame(name=name)
+        if prompt is None:
+            return frame, name
+        return frame, prompt

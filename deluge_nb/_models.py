@@ -1,0 +1,250 @@
+"""The model registry: where a model lives, what it costs, what limits it has.
+
+Known models come from ``models.json`` beside this file; prices there are in
+USD per million tokens, the unit providers publish. ``register_model`` adds
+a model of the user's own, for example a local OpenAI-compatible server.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+import threading
+from dataclasses import dataclass, replace
+from importlib import resources
+
+from ._errors import ConfigurationError, ImplausiblePriceError, UnknownModelError
+from ._types import Usage
+
+PROVIDERS = ("openai", "openai-compatible")
+
+DEFAULT_BASE_URLS = {"openai": "https://api.openai.com/v1"}
+DEFAULT_KEY_ENVS = {"openai": "OPENAI_API_KEY"}
+
+# Published prices run from a few thousandths of a dollar (cached input of
+# the smallest models) to a few hundred dollars per million tokens. A price
+# outside this band was almost surely given per token or per thousand.
+MIN_PLAUSIBLE_PRICE = 0.001
+MAX_PLAUSIBLE_PRICE = 1000.0
+
+# Limits for a registered model with none of its own: generous enough for a
+# local server, low enough not to flood one.
+FALLBACK_REQUESTS_PER_MINUTE = 600
+FALLBACK_TOKENS_PER_MINUTE = 1_000_000
+
+_DATED_SUFFIX = re.compile(r"-\d{4}-\d{2}-\d{2}$")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Everything deluge_nb knows about one model.
+
+    Prices are USD per million tokens. ``cached_input_price`` None means
+    cached input is billed at the input price.
+    """
+
+    name: str
+    provider: str
+    api_model: str
+    base_url: str
+    api_key_env: str | None
+    input_price: float
+    output_price: float
+    cached_input_price: float | None = None
+    cache_write_price: float | None = None
+    context_window: int | None = None
+    max_requests_per_minute: float = FALLBACK_REQUESTS_PER_MINUTE
+    max_tokens_per_minute: float = FALLBACK_TOKENS_PER_MINUTE
+    tokenizer: str | None = None
+
+    def cost_usd(self, usage: Usage) -> float:
+        """The cost of ``usage`` in USD.
+
+        Cached input is billed at the cached price and never again at the
+        input price; reasoning tokens are already part of the output.
+        """
+        cached = min(usage.cached_input_tokens, usage.input_tokens)
+        cached_price = (
+            self.input_price
+            if self.cached_input_price is None
+            else self.cached_input_price
+        )
+        write_price = (
+            self.input_price
+            if self.cache_write_price is None
+            else self.cache_write_price
+        )
+        per_million = (
+            (usage.input_tokens - cached) * self.input_price
+            + cached * cached_price
+            + usage.cache_write_tokens * write_price
+            + usage.output_tokens * self.output_price
+        )
+        return per_million / 1_000_000
+
+
+def check_price(name: str, value: float | None) -> None:
+    """Reject a price that cannot be USD per million tokens.
+
+    Raises
+    ------
+    ImplausiblePriceError
+        For a negative price, or a non-zero price outside
+        ``[MIN_PLAUSIBLE_PRICE, MAX_PLAUSIBLE_PRICE]``.
+    """
+    if value is None or value == 0:
+        return
+    if value < 0 or not MIN_PLAUSIBLE_PRICE <= value <= MAX_PLAUSIBLE_PRICE:
+        raise ImplausiblePriceError(
+            f"{name}={value!r} does not look like USD per million tokens "
+            f"(expected 0, or between {MIN_PLAUSIBLE_PRICE} and "
+            f"{MAX_PLAUSIBLE_PRICE:g}). A price of $0.15 per million tokens is "
+            "written 0.15, not 0.00000015 (per token) or 0.00015 (per thousand)."
+        )
+
+
+_lock = threading.Lock()
+_registry: dict[str, ModelInfo] = {}
+
+
+def _load_builtin() -> None:
+    text = resources.files("deluge_nb").joinpath("models.json").read_text("utf-8")
+    for name, entry in json.loads(text)["models"].items():
+        provider = entry["provider"]
+        info = ModelInfo(
+            name=name,
+            provider=provider,
+            api_model=entry.get("api_model", name),
+            base_url=DEFAULT_BASE_URLS[provider],
+            api_key_env=DEFAULT_KEY_ENVS.get(provider),
+            input_price=entry["input"],
+            output_price=entry["output"],
+            cached_input_price=entry.get("cached_input"),
+            cache_write_price=entry.get("cache_write"),
+            context_window=entry.get("context_window"),
+            max_requests_per_minute=entry["rpm"],
+            max_tokens_per_minute=entry["tpm"],
+            tokenizer=entry.get("tokenizer"),
+        )
+        _validate(info)
+        _registry[name] = info
+
+
+def _validate(info: ModelInfo) -> None:
+    if info.provider not in PROVIDERS:
+        raise ConfigurationError(
+            f"model {info.name!r}: provider {info.provider!r} is not one of "
+            f"{', '.join(PROVIDERS)}"
+        )
+    for field in ("input_price", "output_price", "cached_input_price"):
+        check_price(field, getattr(info, field))
+    check_price("cache_write_price", info.cache_write_price)
+    if info.context_window is not None and info.context_window <= 0:
+        raise ConfigurationError(f"model {info.name!r}: context_window must be > 0")
+
+
+def get_model(name: str) -> ModelInfo:
+    """Look up a model by name; dated snapshots fall back to their family.
+
+    Raises
+    ------
+    UnknownModelError
+        With the closest known names, and how to register a new one.
+    """
+    with _lock:
+        if not _registry:
+            _load_builtin()
+        info = _registry.get(name)
+        if info is None:
+            family = _registry.get(_DATED_SUFFIX.sub("", name))
+            if family is not None:
+                return replace(family, name=name, api_model=name)
+            close = difflib.get_close_matches(name, list(_registry), n=3)
+    if info is not None:
+        return info
+    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+    raise UnknownModelError(
+        f"unknown model {name!r}.{hint} For a model of your own (any "
+        "OpenAI-compatible server), call deluge_nb.register_model(name, "
+        "base_url=..., input_price=..., output_price=...)."
+    )
+
+
+def register_model(
+    name: str,
+    *,
+    base_url: str | None = None,
+    provider: str | None = None,
+    api_model: str | None = None,
+    api_key_env: str | None = None,
+    input_price: float = 0.0,
+    output_price: float = 0.0,
+    cached_input_price: float | None = None,
+    context_window: int | None = None,
+    max_requests_per_minute: float | None = None,
+    max_tokens_per_minute: float | None = None,
+    tokenizer: str | None = None,
+) -> ModelInfo:
+    """Add or replace a model in the registry.
+
+    Parameters
+    ----------
+    name
+        The name to pass as ``model`` to ``complete`` or ``LLMClient``.
+    base_url
+        The API root, e.g. ``"http://127.0.0.1:8080/v1"``. A model with a
+        base URL of its own is an OpenAI-compatible endpoint.
+    provider
+        ``"openai"`` or ``"openai-compatible"``; inferred from ``base_url``.
+    api_model
+        The name sent on the wire; defaults to ``name``.
+    api_key_env
+        The environment variable holding the key; None sends no key.
+    input_price, output_price, cached_input_price
+        USD per million tokens; zero by default.
+    context_window
+        Prompt plus output tokens the model accepts; None if unknown.
+    max_requests_per_minute, max_tokens_per_minute
+        Default limits for this model when a call gives none.
+    tokenizer
+        A tiktoken encoding name, or None for a labelled estimate.
+
+    Returns
+    -------
+    ModelInfo
+        The entry now in the registry.
+    """
+    if provider is None:
+        provider = "openai-compatible" if base_url else "openai"
+    info = ModelInfo(
+        name=name,
+        provider=provider,
+        api_model=api_model or name,
+        base_url=(base_url or DEFAULT_BASE_URLS.get(provider, "")).rstrip("/"),
+        api_key_env=api_key_env
+        or (None if base_url else DEFAULT_KEY_ENVS.get(provider)),
+        input_price=input_price,
+        output_price=output_price,
+        cached_input_price=cached_input_price,
+        context_window=context_window,
+        max_requests_per_minute=max_requests_per_minute or FALLBACK_REQUESTS_PER_MINUTE,
+        max_tokens_per_minute=max_tokens_per_minute or FALLBACK_TOKENS_PER_MINUTE,
+        tokenizer=tokenizer,
+    )
+    if not info.base_url:
+        raise ConfigurationError(f"model {name!r}: base_url is required")
+    _validate(info)
+    with _lock:
+        if not _registry:
+            _load_builtin()
+        _registry[name] = info
+    return info
+
+
+def known_models() -> list[str]:
+    """Names in the registry, sorted."""
+    with _lock:
+        if not _registry:
+            _load_builtin()
+        return sorted(_registry)

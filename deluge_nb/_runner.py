@@ -1,0 +1,135 @@
+"""One event loop in a daemon thread, shared by every call in the process.
+
+Jupyter runs its own event loop, so a blocking call from a cell cannot use
+``asyncio.run``; patching asyncio to allow nesting (``nest_asyncio``) drops
+queued cells and widget messages on recent ipykernels. Instead, every job
+runs on this package's own loop: sync calls hand it a coroutine and wait,
+async calls await it from whatever loop they are on. The limiter state, the
+HTTP session and the progress views all live on this loop, so they persist
+between cells and keep updating while a cell blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import aiohttp
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_lock = threading.Lock()
+_loop: asyncio.AbstractEventLoop | None = None
+_thread: threading.Thread | None = None
+_session: aiohttp.ClientSession | None = None
+
+
+def get_loop() -> asyncio.AbstractEventLoop:
+    """The engine's loop, started on first use."""
+    global _loop, _thread
+    with _lock:
+        if _loop is not None and _thread is not None and _thread.is_alive():
+            return _loop
+
+        # A plain new loop: whatever policy the user installed (uvloop,
+        # nest_asyncio) is theirs, and this loop does not depend on it.
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            loop.call_soon(ready.set)
+            loop.run_forever()
+
+        thread = threading.Thread(target=run, name="deluge-engine", daemon=True)
+        thread.start()
+        ready.wait()
+        _loop, _thread = loop, thread
+        return loop
+
+
+def in_engine_thread() -> bool:
+    return _thread is not None and threading.current_thread() is _thread
+
+
+def submit(coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+    """Schedule ``coro`` on the engine loop from any thread."""
+    return asyncio.run_coroutine_threadsafe(coro, get_loop())
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` on the engine loop and wait for its result.
+
+    Works from a plain script and from a notebook cell whose loop is
+    running. A ``KeyboardInterrupt`` while waiting cancels the coroutine
+    before it propagates.
+    """
+    if in_engine_thread():
+        coro.close()
+        raise RuntimeError(
+            "a blocking deluge_nb call was made from inside a running deluge_nb "
+            "job; use the async form (acomplete / process_prompts_async) there"
+        )
+    future = submit(coro)
+    try:
+        return future.result()
+    except KeyboardInterrupt:
+        future.cancel()
+        # Give the job a moment to unwind its requests and progress bar.
+        concurrent.futures.wait([future], timeout=2.0)
+        raise
+
+
+async def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Await ``coro`` on the engine loop from any loop."""
+    if in_engine_thread():
+        return await coro
+    return await asyncio.wrap_future(submit(coro))
+
+
+async def get_session() -> aiohttp.ClientSession:
+    """The engine loop's HTTP session; call only from the engine loop.
+
+    The concurrency cap is the limiter's job, so the connector's own limit
+    is lifted.
+    """
+    global _session
+    if _session is None or _session.closed:
+        _session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0),
+            trust_env=True,
+        )
+    return _session
+
+
+def shutdown(timeout: float = 5.0) -> None:
+    """Close the session and stop the engine loop (tests and interpreter exit)."""
+    global _loop, _thread, _session
+    with _lock:
+        loop, thread = _loop, _thread
+        _loop = _thread = None
+    if loop is None or thread is None:
+        return
+
+    async def close() -> None:
+        global _session
+        if _session is not None:
+            await _session.close()
+            _session = None
+        await asyncio.sleep(0)
+
+    if thread.is_alive():
+        try:
+            asyncio.run_coroutine_threadsafe(close(), loop).result(timeout)
+        except Exception:  # shutting down: nothing left to report to
+            logger.debug("engine session close failed", exc_info=True)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout)
+    if not loop.is_running():
+        loop.close()
