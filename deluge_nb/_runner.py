@@ -12,6 +12,7 @@ between cells and keep updating while a cell blocks.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import logging
 import threading
@@ -51,6 +52,7 @@ def get_loop() -> asyncio.AbstractEventLoop:
         thread.start()
         ready.wait()
         _loop, _thread = loop, thread
+        atexit.register(shutdown)
         return loop
 
 
@@ -110,7 +112,8 @@ async def get_session() -> aiohttp.ClientSession:
 
 def shutdown(timeout: float = 5.0) -> None:
     """Close the session and stop the engine loop (tests and interpreter exit)."""
-    global _loop, _thread, _session
+    global _loop, _thread
+    atexit.unregister(shutdown)
     with _lock:
         loop, thread = _loop, _thread
         _loop = _thread = None

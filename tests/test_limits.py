@@ -10,7 +10,9 @@ import pytest
 from deluge_nb._limits import WINDOW_S, Limiter, RateBucket
 
 
-def admit_all(bucket: RateBucket, amounts: list[float], start: float = 0.0) -> list[float]:
+def admit_all(
+    bucket: RateBucket, amounts: list[float], start: float = 0.0
+) -> list[float]:
     """Admit each amount as soon as the bucket allows; return admission times."""
     now = start
     times = []

@@ -25,7 +25,9 @@ def test_k16_cached_input_is_billed_once_at_its_own_price() -> None:
 def test_k16_reasoning_tokens_are_not_billed_twice() -> None:
     info = get_model("o4-mini")
     plain = info.cost_usd(Usage(input_tokens=100, output_tokens=500))
-    reasoning = info.cost_usd(Usage(input_tokens=100, output_tokens=500, reasoning_tokens=400))
+    reasoning = info.cost_usd(
+        Usage(input_tokens=100, output_tokens=500, reasoning_tokens=400)
+    )
     assert plain == reasoning
 
 

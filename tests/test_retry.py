@@ -41,9 +41,16 @@ def test_which_statuses_are_retried(status: int, retryable: bool) -> None:
 
 @pytest.mark.parametrize(
     ("status", "header", "retryable"),
-    [(400, "true", True), (500, "false", False), (429, "FALSE", False), (500, "maybe", True)],
+    [
+        (400, "true", True),
+        (500, "false", False),
+        (429, "FALSE", False),
+        (500, "maybe", True),
+    ],
 )
-def test_x_should_retry_overrides_the_status(status: int, header: str, retryable: bool) -> None:
+def test_x_should_retry_overrides_the_status(
+    status: int, header: str, retryable: bool
+) -> None:
     assert is_retryable_status(status, {"x-should-retry": header}) is retryable
 
 
@@ -95,7 +102,9 @@ def test_parse_retry_after(headers: dict[str, str], seconds: float | None) -> No
     ],
 )
 def test_parse_go_duration(text: str | None, seconds: float | None) -> None:
-    assert parse_go_duration(text) == (None if seconds is None else pytest.approx(seconds))
+    assert parse_go_duration(text) == (
+        None if seconds is None else pytest.approx(seconds)
+    )
 
 
 def test_backoff_grows_is_capped_and_jittered() -> None:

@@ -56,7 +56,10 @@ def test_exact_counts_with_seeded_cache() -> None:
 def test_unknown_tokenizer_is_an_estimate() -> None:
     assert not is_exact(None)
     assert count_text_tokens("x" * 40, None) == 10
-    assert count_message_tokens([{"role": "user", "content": "x" * 40}], None) == 3 + 3 + 1 + 10
+    assert (
+        count_message_tokens([{"role": "user", "content": "x" * 40}], None)
+        == 3 + 3 + 1 + 10
+    )
 
 
 def test_k14_offline_empty_cache_falls_back_with_one_warning(tmp_path: Path) -> None:
@@ -80,7 +83,11 @@ def test_k14_offline_empty_cache_falls_back_with_one_warning(tmp_path: Path) -> 
         env[name] = "http://127.0.0.1:9"
     started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr
     first, second = done.stdout.splitlines()[:2]

@@ -1,0 +1,248 @@
+"""The engine against the simulator over real HTTP: limits, retries, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+
+import pandas as pd
+import pytest
+
+import deluge_nb
+from deluge_nb import LLMClient, register_model
+from deluge_nb.sim import serve
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[object]:
+    with serve() as server:
+        register_model(
+            "sim-client",
+            base_url=server.base_url,
+            tokenizer="o200k_base",
+            context_window=8192,
+        )
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def _fresh_stats(sim: object) -> None:
+    sim.reset_stats()  # type: ignore[attr-defined]
+
+
+def echo(text: str, *directives: str) -> str:
+    return "".join(f"[[sim:{d}]]" for d in ("echo", *directives)) + text
+
+
+def test_k01_sync_call_from_a_running_loop(sim: object) -> None:
+    async def cell() -> list[str | None]:
+        # As in a Jupyter cell: a loop is running in this thread.
+        assert asyncio.get_running_loop().is_running()
+        client = LLMClient("sim-client", progress=None)
+        return [
+            c.response
+            for c in client.process_prompts_sync([echo("a"), echo("b"), echo("c")])
+        ]
+
+    assert asyncio.run(cell()) == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("patch", ["nest_asyncio", "uvloop"])
+def test_k02_user_patched_asyncio_before_import(patch: str) -> None:
+    setup = {
+        "nest_asyncio": "import nest_asyncio\nnest_asyncio.apply()\n",
+        "uvloop": (
+            "import uvloop\nasyncio.set_event_loop_policy(uvloop.EventLoopPolicy())\n"
+        ),
+    }[patch]
+    script = (
+        "import asyncio\n"
+        + setup
+        + textwrap.dedent(
+            """
+            policy_before = type(asyncio.get_event_loop_policy())
+            import pandas as pd
+            import deluge_nb
+            from deluge_nb.sim import serve
+            assert type(asyncio.get_event_loop_policy()) is policy_before
+
+            async def cell():
+                with serve() as sim:
+                    deluge_nb.register_model("s", base_url=sim.base_url)
+                    df = pd.DataFrame({"t": ["one", "two", "three"]})
+                    out = df.deluge.complete("s", prompt="[[sim:echo]]{t}", progress=None)
+                    return list(out["response"])
+
+            print(asyncio.run(cell()))
+            assert type(asyncio.get_event_loop_policy()) is policy_before
+            """
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['one', 'two', 'three']"
+
+
+def test_k10_invalid_request_is_not_retried(sim: object) -> None:
+    client = LLMClient("sim-client", progress=None, max_attempts=5)
+    started = time.monotonic()
+    ok, bad = client.process_prompts_sync([echo("fine"), echo("bad", "status=400")])
+    assert time.monotonic() - started < 1.0
+    assert ok.response == "fine" and ok.error is None
+    assert bad.response is None
+    assert bad.attempts == 1
+    assert bad.error is not None and bad.error.startswith("HTTP 400:")
+    assert "sim" in bad.error.lower()  # the server's own message is kept
+    assert sim.stats()["requests"] == 2  # type: ignore[attr-defined]
+
+
+def test_k11_hung_server_times_out_retries_then_fails_the_row(sim: object) -> None:
+    client = LLMClient("sim-client", progress=None, timeout=0.5, max_attempts=2)
+    first, hung, third = client.process_prompts_sync(
+        [echo("first"), echo("hung", "hang"), echo("third")]
+    )
+    assert (first.response, third.response) == ("first", "third")
+    assert hung.response is None
+    assert hung.attempts == 2
+    assert hung.error is not None and "no response within 0.5 s" in hung.error
+    assert sim.stats()["requests"] == 4  # type: ignore[attr-defined]
+
+
+def test_default_timeout_is_finite() -> None:
+    assert 0 < LLMClient("sim-client").timeout < 600
+
+
+def test_server_errors_are_retried_up_to_max_attempts(sim: object) -> None:
+    client = LLMClient("sim-client", progress=None, max_attempts=3)
+    (result,) = client.process_prompts_sync([echo("x", "status=503")])
+    assert result.attempts == 3
+    assert result.error is not None and "HTTP 503" in result.error
+    assert sim.stats()["requests"] == 3  # type: ignore[attr-defined]
+
+
+def test_429_pauses_every_request_on_the_key(sim: object) -> None:
+    register_model("sim-pause", base_url=sim.base_url, tokenizer="o200k_base")  # type: ignore[attr-defined]
+    client = LLMClient(
+        "sim-pause", progress=None, max_attempts=2, max_concurrent_requests=1
+    )
+    prompts = [echo("first", "status=429", "retry_after=1")] + [
+        echo(str(i)) for i in range(4)
+    ]
+    results = client.process_prompts_sync(prompts)
+
+    stats = sim.stats()  # type: ignore[attr-defined]
+    assert stats["rate_limited"] == 2  # both attempts of the first row
+    admitted = stats["admitted_times"]
+    assert len(admitted) == 4
+    # The 429 came first; nobody else was admitted during its 1 s pause.
+    assert min(admitted) >= 1.0
+    assert results[0].error is not None and "429" in results[0].error
+    assert [r.response for r in results[1:]] == ["0", "1", "2", "3"]
+
+
+def test_600_rpm_60k_tpm_200_rows_get_no_429(sim: object) -> None:
+    words = " ".join(["word"] * 40)
+    with serve(requests_per_minute=600, tokens_per_minute=60_000) as limited:
+        register_model("sim-limited", base_url=limited.base_url, tokenizer="o200k_base")
+        client = LLMClient(
+            "sim-limited",
+            max_requests_per_minute=600,
+            max_tokens_per_minute=60_000,
+            max_tokens=100,
+            progress=None,
+        )
+        results = client.process_prompts_sync([f"{i}: {words}" for i in range(200)])
+        stats = limited.stats()
+
+    assert stats["rate_limited"] == 0
+    assert stats["ok"] == 200
+    assert all(r.error is None and r.response for r in results)
+    admitted = sorted(stats["admitted_times"])
+    for i, t in enumerate(admitted):
+        assert sum(1 for s in admitted[i:] if s < t + 60) <= 600
+
+
+def test_limits_persist_and_are_shared_between_calls(sim: object) -> None:
+    first = LLMClient("sim-client", max_requests_per_minute=1234)
+    second = LLMClient("sim-client")
+    assert second.limiter is first.limiter
+    assert second.limiter.requests.per_minute == 1234
+
+
+def test_several_models_share_one_budget(sim: object) -> None:
+    register_model("sim-a", base_url=sim.base_url)  # type: ignore[attr-defined]
+    register_model("sim-b", base_url=sim.base_url)  # type: ignore[attr-defined]
+    client = LLMClient(["sim-a", "sim-b"], progress=None)
+    results = client.process_prompts_sync([echo(str(i)) for i in range(4)])
+    assert [r.model for r in results] == ["sim-a", "sim-b", "sim-a", "sim-b"]
+    assert [r.response for r in results] == ["0", "1", "2", "3"]
+
+
+def test_errors_raise_is_opt_in(sim: object) -> None:
+    client = LLMClient("sim-client", progress=None, errors="raise")
+    with pytest.raises(deluge_nb.APIStatusError) as caught:
+        client.process_prompts_sync([echo("bad", "status=400")])
+    assert caught.value.status == 400
+    assert caught.value.row == 0 and caught.value.attempt == 1
+
+
+def test_api_key_never_reaches_logs_reprs_or_errors(
+    sim: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    canary = "sk-canary-4c1d2e3f"
+    caplog.set_level(logging.DEBUG)
+    client = LLMClient("sim-client", api_key=canary, progress=None, max_attempts=2)
+    results = client.process_prompts_sync(
+        [echo("x", "status=400"), echo("y", "status=500")]
+    )
+    frame = pd.DataFrame({"p": [echo("z", "status=401")]}).deluge.complete(
+        "sim-client", prompt="p", api_key=canary, progress=None
+    )
+    texts = [r.getMessage() for r in caplog.records] + [repr(client), frame.to_string()]
+    texts += [str(r) for r in results]
+    assert caplog.records  # the decisions were logged
+    assert not any(canary in t for t in texts)
+
+
+def test_missing_openai_key_fails_early_with_a_clear_message(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(deluge_nb.ConfigurationError, match="OPENAI_API_KEY"):
+        LLMClient("gpt-4o-mini")
+
+
+def test_manual_progress_prints_a_line(
+    sim: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client = LLMClient("sim-client", progress="manual")
+    client.process_prompts_sync([echo("a"), None])
+    err = capsys.readouterr().err
+    assert "2/2 rows" in err and "req/min" in err
+
+
+def test_stats_after_a_job(sim: object) -> None:
+    client = LLMClient("sim-client", progress=None)
+    client.process_prompts_sync([echo("a"), None, echo("b", "status=400")])
+    stats = client.stats
+    assert stats is not None
+    assert (stats.total, stats.done, stats.succeeded, stats.failed, stats.skipped) == (
+        3,
+        3,
+        1,
+        1,
+        1,
+    )
+    assert stats.state == "failed" and stats.limiter.in_flight == 0
+
+
+def test_environment_is_not_polluted_by_import() -> None:
+    assert "OPENAI_API_KEY" not in os.environ or os.environ["OPENAI_API_KEY"]

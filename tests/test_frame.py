@@ -1,0 +1,185 @@
+"""The pandas accessor: prompts from columns and templates, results by position."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import deluge_nb
+from deluge_nb import ConfigurationError, register_model
+from deluge_nb._frame import RESULT_DTYPES, render_prompts
+from deluge_nb.sim import serve
+
+ECHO = "[[sim:echo]]"
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[object]:
+    with serve() as server:
+        register_model(
+            "sim-frame",
+            base_url=server.base_url,
+            tokenizer="o200k_base",
+            context_window=2048,
+        )
+        register_model("sim-frame-nowindow", base_url=server.base_url)
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def _fresh_stats(sim: object) -> None:
+    sim.reset_stats()  # type: ignore[attr-defined]
+
+
+def complete(frame: pd.DataFrame | pd.Series, **options: object) -> pd.DataFrame:
+    options.setdefault("progress", None)
+    return frame.deluge.complete("sim-frame", **options)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("missing", [np.nan, None, pd.NA])
+def test_k18_missing_prompts_are_not_sent(sim: object, missing: object) -> None:
+    df = pd.DataFrame({"text": ["a", missing, "c"]}, dtype=object)
+    out = complete(df, prompt=ECHO + "{text}")
+
+    assert sim.stats()["requests"] == 2  # type: ignore[attr-defined]
+    assert out["response"].tolist()[0] == "a"
+    assert out["response"].tolist()[2] == "c"
+    assert pd.isna(out["response"].iloc[1])
+    assert "nan" not in out["response"].fillna("").tolist()
+    assert pd.isna(out["error"].iloc[1]) and out["attempts"].iloc[1] == 0
+
+
+def test_k18_non_string_cells_are_formatted_deliberately(sim: object) -> None:
+    df = pd.DataFrame({"n": [42, 7], "x": [1.5, 2.25]})
+    out = complete(df, prompt=ECHO + "{n} costs {x:.2f}")
+    assert out["response"].tolist() == ["42 costs 1.50", "7 costs 2.25"]
+
+    column = pd.DataFrame({"p": [42, "word"]}, dtype=object)
+    assert render_prompts(column, "p") == ["42", "word"]
+
+
+def test_k19_results_land_on_their_own_rows_whatever_the_index(sim: object) -> None:
+    full = pd.DataFrame(
+        {"text": [f"row {i}" for i in range(13)], "delay": [0.0] * 10 + [0.4, 0.2, 0.0]}
+    )
+    filtered = full[full.index >= 10]
+    assert filtered.index.tolist() == [10, 11, 12]
+
+    # The first row answers last, the last first.
+    out = complete(filtered, prompt=ECHO + "[[sim:sleep={delay}]]{text}")
+
+    assert out.index.tolist() == [10, 11, 12]
+    assert out["response"].tolist() == ["row 10", "row 11", "row 12"]
+    assert out["text"].tolist() == filtered["text"].tolist()
+
+
+@pytest.mark.parametrize(
+    "index",
+    [
+        pd.Index([3, 3, 1]),
+        pd.Index(["c", "a", "b"]),
+        pd.MultiIndex.from_tuples([("x", 1), ("x", 0), ("y", 5)]),
+    ],
+    ids=["duplicated", "shuffled-strings", "multiindex"],
+)
+def test_any_index_keeps_rows_in_place(sim: object, index: pd.Index) -> None:
+    df = pd.DataFrame({"text": ["first", "second", "third"]}, index=index)
+    out = complete(df, prompt=ECHO + "{text}")
+    assert out.index.equals(index)
+    assert out["response"].tolist() == ["first", "second", "third"]
+
+
+def test_k13_over_long_prompt_fails_alone_and_order_is_kept(sim: object) -> None:
+    too_long = "word " * 3000  # about 3000 tokens, window is 2048
+    df = pd.DataFrame({"text": ["one", too_long, "three"]})
+    out = complete(df, prompt=ECHO + "{text}", max_tokens=16)
+
+    assert out["response"].iloc[0] == "one" and out["response"].iloc[2] == "three"
+    assert pd.isna(out["response"].iloc[1])
+    assert "context window" in out["error"].iloc[1]
+    assert out["attempts"].iloc[1] == 0  # never sent
+    assert sim.stats()["requests"] == 2  # type: ignore[attr-defined]
+
+
+def test_k13_server_side_context_error_is_a_row_error(sim: object) -> None:
+    # A model with no known window: the server says no, and it is not retried.
+    too_long = "word " * 9000
+    df = pd.DataFrame({"text": ["one", too_long, "three"]})
+    out = df.deluge.complete(
+        "sim-frame-nowindow", prompt=ECHO + "{text}", max_tokens=16, progress=None
+    )
+    assert (
+        out["response"].tolist()[0] == "one" and out["response"].tolist()[2] == "three"
+    )
+    assert "HTTP 400" in out["error"].iloc[1]
+    assert out["attempts"].iloc[1] == 1
+
+
+def test_result_columns_dtypes_and_input_untouched(sim: object) -> None:
+    df = pd.DataFrame({"text": ["a", "b"], "n": pd.array([1, 2], dtype="Int64")})
+    before = df.copy()
+    out = complete(df, prompt="text")
+
+    pd.testing.assert_frame_equal(df, before)
+    assert list(out.columns) == ["text", "n", *RESULT_DTYPES]
+    assert out["n"].dtype == df["n"].dtype and out["text"].dtype == df["text"].dtype
+    for column, dtype in RESULT_DTYPES.items():
+        assert out[column].dtype == pd.api.types.pandas_dtype(dtype), column
+    assert (out["input_tokens"] > 0).all() and (out["output_tokens"] > 0).all()
+    assert (out["cost_usd"] == 0.0).all()
+    assert (out["model"] == "sim-frame").all()
+    assert out["finish_reason"].isin(["stop", "length"]).all()
+    assert (out["attempts"] == 1).all() and not out["cached"].any()
+    assert out["error"].isna().all()
+
+
+def test_template_errors_are_explained() -> None:
+    df = pd.DataFrame({"text": ["a"]})
+    with pytest.raises(ConfigurationError, match="not columns"):
+        df.deluge.complete("sim-frame", prompt="Say {nope}")
+    with pytest.raises(ConfigurationError, match="neither a column nor a template"):
+        df.deluge.complete("sim-frame", prompt="txt")
+    with pytest.raises(ConfigurationError, match="which column"):
+        df.deluge.complete("sim-frame")
+
+
+def test_result_column_clash_asks_for_a_prefix(sim: object) -> None:
+    out = complete(pd.DataFrame({"text": ["a"]}), prompt=ECHO + "{text}")
+    with pytest.raises(ConfigurationError, match="prefix"):
+        complete(out, prompt=ECHO + "{text}")
+    again = complete(out, prompt=ECHO + "again {text}", prefix="v2_")
+    assert again["v2_response"].tolist() == ["again a"]
+    assert again["response"].tolist() == ["a"]
+
+
+def test_system_message_and_chat_message_cells(sim: object) -> None:
+    messages = [{"role": "user", "content": ECHO + "from a message list"}]
+    df = pd.DataFrame({"chat": [messages]})
+    out = complete(df, prompt="chat")
+    assert out["response"].tolist() == ["from a message list"]
+    out = complete(pd.DataFrame({"t": ["x"]}), prompt=ECHO + "{t}", system="Be brief")
+    assert out["input_tokens"].iloc[0] > 10  # system message counted
+
+
+def test_series_accessor(sim: object) -> None:
+    s = pd.Series([ECHO + "a", None, ECHO + "c"], index=[5, 6, 7], name="q")
+    out = complete(s)
+    assert out.index.tolist() == [5, 6, 7]
+    assert out["q"].tolist()[0] == ECHO + "a"
+    assert out["response"].tolist()[0] == "a" and pd.isna(out["response"].iloc[1])
+    out = complete(pd.Series(["b"]), prompt=ECHO + "say {prompt}")
+    assert out["response"].tolist() == ["say b"]
+
+
+async def test_acomplete_from_a_running_loop(sim: object) -> None:
+    df = pd.DataFrame({"text": ["x", "y"]})
+    out = await df.deluge.acomplete("sim-frame", prompt=ECHO + "{text}", progress=None)
+    assert out["response"].tolist() == ["x", "y"]
+
+
+def test_accessor_is_registered_by_import() -> None:
+    assert hasattr(pd.DataFrame, "deluge") and hasattr(pd.Series, "deluge")
+    assert deluge_nb.__version__
