@@ -76,7 +76,9 @@ def test_k02_user_patched_asyncio_before_import(patch: str) -> None:
                 with serve() as sim:
                     deluge_nb.register_model("s", base_url=sim.base_url)
                     df = pd.DataFrame({"t": ["one", "two", "three"]})
-                    out = df.deluge.complete("s", prompt="[[sim:echo]]{t}", progress=None)
+                    out = df.deluge.complete(
+                        "s", prompt="[[sim:echo]]{t}", progress=None
+                    )
                     return list(out["response"])
 
             print(asyncio.run(cell()))

@@ -69,9 +69,12 @@ def test_k14_offline_empty_cache_falls_back_with_one_warning(tmp_path: Path) -> 
         warnings.simplefilter("always")
         from deluge_nb._tokens import count_message_tokens, is_exact
         t0 = time.monotonic()
+        long, short = [{"role": "user", "content": "x" * 400}], [
+            {"role": "user", "content": "y" * 40}
+        ]
         with warnings.catch_warnings(record=True) as caught:
-            a = count_message_tokens([{"role": "user", "content": "x" * 400}], "o200k_base")
-            b = count_message_tokens([{"role": "user", "content": "y" * 40}], "o200k_base")
+            a = count_message_tokens(long, "o200k_base")
+            b = count_message_tokens(short, "o200k_base")
         print(a, b, is_exact("o200k_base"), len(caught), round(time.monotonic() - t0))
         print(caught[0].message)
         """
