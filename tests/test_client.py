@@ -248,3 +248,23 @@ def test_stats_after_a_job(sim: object) -> None:
 
 def test_environment_is_not_polluted_by_import() -> None:
     assert "OPENAI_API_KEY" not in os.environ or os.environ["OPENAI_API_KEY"]
+
+
+async def test_k09_cancelled_job_gives_back_every_slot(sim: object) -> None:
+    register_model("sim-k09", base_url=sim.base_url)  # type: ignore[attr-defined]
+    client = LLMClient("sim-k09", progress=None, max_concurrent_requests=2)
+    job = asyncio.ensure_future(
+        client.process_prompts_async([echo("boom", "status=400"), echo("x", "hang")] * 2)
+    )
+    await asyncio.sleep(0.5)
+    assert client.limiter.in_flight >= 1  # the hung requests hold slots
+    job.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await job
+    await asyncio.sleep(0.1)  # the engine loop finishes unwinding
+    assert client.limiter.in_flight == 0
+
+    started = time.monotonic()
+    results = await client.process_prompts_async([echo("a"), echo("b")])
+    assert [r.response for r in results] == ["a", "b"]
+    assert time.monotonic() - started < 1.0
