@@ -254,7 +254,9 @@ async def test_k09_cancelled_job_gives_back_every_slot(sim: object) -> None:
     register_model("sim-k09", base_url=sim.base_url)  # type: ignore[attr-defined]
     client = LLMClient("sim-k09", progress=None, max_concurrent_requests=2)
     job = asyncio.ensure_future(
-        client.process_prompts_async([echo("boom", "status=400"), echo("x", "hang")] * 2)
+        client.process_prompts_async(
+            [echo("boom", "status=400"), echo("x", "hang")] * 2
+        )
     )
     await asyncio.sleep(0.5)
     assert client.limiter.in_flight >= 1  # the hung requests hold slots
