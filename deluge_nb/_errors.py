@@ -100,7 +100,9 @@ class APIStatusError(RequestError):
 
 
 class RateLimitError(APIStatusError):
-    """HTTP 429."""
+    """HTTP 429. ``dimension`` names the limit hit, when the body says."""
+
+    dimension: str | None = None
 
 
 class ServerError(APIStatusError):

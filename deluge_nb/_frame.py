@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import string
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import pandas as pd
@@ -25,6 +26,7 @@ from ._client import (
     Prompt,
 )
 from ._errors import ConfigurationError
+from ._job import Job
 from ._types import RESULT_COLUMNS, Completion
 
 RESULT_DTYPES = {
@@ -121,10 +123,8 @@ def render_prompts(frame: pd.DataFrame, prompt: str | None) -> list[Prompt]:
     return prompts
 
 
-def attach_results(
-    frame: pd.DataFrame, results: Sequence[Completion], prefix: str = ""
-) -> pd.DataFrame:
-    """A copy of ``frame`` with the result columns, matched by position."""
+def result_names(frame: pd.DataFrame, prefix: str) -> dict[str, str]:
+    """Result column names; refuses to overwrite a column the frame has."""
     names = {column: f"{prefix}{column}" for column in RESULT_COLUMNS}
     clash = [name for name in names.values() if name in frame.columns]
     if clash:
@@ -132,6 +132,14 @@ def attach_results(
             f"the frame already has column(s) {clash}; pass prefix='...' to name the "
             "result columns apart, e.g. prefix='v2_'"
         )
+    return names
+
+
+def attach_results(
+    frame: pd.DataFrame, results: Sequence[Completion], prefix: str = ""
+) -> pd.DataFrame:
+    """A copy of ``frame`` with the result columns, matched by position."""
+    names = result_names(frame, prefix)
     out = frame.copy()
     for column, name in names.items():
         values = [getattr(result, column) for result in results]
@@ -209,9 +217,9 @@ class _Accessor:
             ``finish_reason``, ``latency_s``, ``attempts``, ``cached`` and
             ``error``.
         """
-        frame, column = self._frame(prompt)
-        client = LLMClient(
+        return self.submit(
             model,
+            prompt,
             system=system,
             max_tokens=max_tokens,
             temperature=temperature,
@@ -221,12 +229,10 @@ class _Accessor:
             max_tokens_per_minute=max_tokens_per_minute,
             max_concurrent_requests=max_concurrent_requests,
             progress=progress,
+            prefix=prefix,
             errors=errors,
             api_key=api_key,
-        )
-        prompts = render_prompts(frame, column)
-        results = client.process_prompts_sync(prompts)
-        return attach_results(frame, results, prefix)
+        ).result()
 
     async def acomplete(
         self,
@@ -236,14 +242,39 @@ class _Accessor:
     ) -> pd.DataFrame:
         """The awaitable form of ``complete``, for top-level ``await`` in a cell.
 
-        Takes the same options as ``complete``.
+        Takes the same options as ``complete``. While it runs, the notebook's
+        own loop is free, so the panel's sliders and buttons stay live.
         """
-        prefix = options.pop("prefix", "")
+        return await self.submit(model, prompt, **options)
+
+    def submit(
+        self,
+        model: str | Sequence[str],
+        prompt: str | None = None,
+        *,
+        prefix: str = "",
+        **options: Any,
+    ) -> Job[pd.DataFrame]:
+        """Start the job and return at once; the cell finishes, the job runs.
+
+        Takes the same options as ``complete``. In a notebook the live panel
+        shows below the cell, and its sliders and buttons work on every
+        ipykernel because the cell is no longer running.
+
+        Returns
+        -------
+        Job
+            ``job.result()`` or ``await job`` gives the frame;
+            ``job.cancel()`` stops it and keeps finished rows; ``job.stats``,
+            ``job.pause()``, ``job.resume()``, ``job.done``.
+        """
         frame, column = self._frame(prompt)
-        client = LLMClient(model, **options)
+        result_names(frame, prefix)  # refuse before spending, not after
         prompts = render_prompts(frame, column)
-        results = await client.process_prompts_async(prompts)
-        return attach_results(frame, results, prefix)
+        client = LLMClient(model, **options)
+        return client.submit(
+            prompts, finalize=partial(attach_results, frame, prefix=prefix)
+        )
 
 
 @pd.api.extensions.register_dataframe_accessor("deluge")

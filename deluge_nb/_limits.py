@@ -27,14 +27,23 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+
+from ._headers import RateLimitHeaders, ServerLimit
 
 logger = logging.getLogger(__name__)
 
 WINDOW_S = 60.0
 DEFAULT_BURST_S = 1.0
 DEFAULT_MAX_CONCURRENT = 64
+
+# After a 429 that no header explains, the rate drops to CUT_FACTOR of
+# itself (never below MIN_CUT_FRACTION of the limit) and climbs back by
+# RECOVERY_PER_S of the limit each second.
+CUT_FACTOR = 0.7
+MIN_CUT_FRACTION = 0.05
+RECOVERY_PER_S = 0.02
 
 
 class _Entry:
@@ -51,28 +60,67 @@ class _Entry:
 class RateBucket:
     """One per-minute limit: pacing plus a rolling 60 s window.
 
+    The limit in force is the lowest of three: the caller's ``ceiling``,
+    what the server's headers last reported, and, after 429s from a
+    server that reports nothing, a cut rate climbing back by
+    ``RECOVERY_PER_S`` of the limit each second (additive increase,
+    multiplicative decrease).
+
     Parameters
     ----------
     per_minute
-        The limit; ``math.inf`` for none.
+        The caller's limit; ``math.inf`` for none.
     burst_seconds
         How many seconds' worth of the rate may go out at once.
+    explicit
+        Whether the caller chose ``per_minute`` (then a server reporting a
+        higher limit does not raise it) or it is a registry default (then
+        the server's word replaces it).
     """
 
-    def __init__(self, per_minute: float, burst_seconds: float = DEFAULT_BURST_S):
-        if per_minute <= 0:
-            raise ValueError(f"a per-minute limit must be > 0, got {per_minute!r}")
+    def __init__(
+        self,
+        per_minute: float,
+        burst_seconds: float = DEFAULT_BURST_S,
+        *,
+        explicit: bool = True,
+    ) -> None:
+        _check_limit(per_minute)
         if burst_seconds <= 0:
             raise ValueError(f"burst_seconds must be > 0, got {burst_seconds!r}")
-        self.per_minute = float(per_minute)
+        self.ceiling = float(per_minute)
+        self.explicit = explicit
+        self.server_limit: float | None = None
         self.burst_seconds = float(burst_seconds)
+        self._cut_to: float | None = None
+        self._cut_at = -math.inf
         self._tat = -math.inf
         self._entries: deque[_Entry] = deque()
         self._in_window = 0.0
 
     @property
+    def per_minute(self) -> float:
+        """The limit in force, before any 429 cut."""
+        if self.server_limit is None:
+            return self.ceiling
+        if not self.explicit:
+            return self.server_limit
+        return min(self.ceiling, self.server_limit)
+
+    @property
     def unlimited(self) -> bool:
         return math.isinf(self.per_minute)
+
+    def limit_at(self, now: float) -> float:
+        """The limit in force at ``now``, a recovering 429 cut included."""
+        target = self.per_minute
+        if self._cut_to is None or math.isinf(target):
+            return target
+        recovered = self._cut_to + (now - self._cut_at) * RECOVERY_PER_S * target
+        if recovered >= target:
+            self._cut_to = None
+            return target
+        return recovered
 
     def fits(self, amount: float) -> bool:
         """Whether ``amount`` can ever be admitted under this limit."""
@@ -85,14 +133,14 @@ class RateBucket:
         if not self.fits(amount):
             return math.inf
 
-        rate = self.per_minute / WINDOW_S
-        cost = amount / rate
+        limit = self.limit_at(now)
+        cost = amount * WINDOW_S / limit
         tolerance = max(self.burst_seconds, cost)
         pacing = max(self._tat, now) + cost - now - tolerance
 
         self._expire(now)
         window = 0.0
-        excess = self._in_window + amount - self.per_minute
+        excess = self._in_window + amount - limit
         if excess > 1e-9:
             for entry in self._entries:
                 excess -= entry.amount
@@ -106,7 +154,7 @@ class RateBucket:
         entry = _Entry(now, float(amount))
         if self.unlimited:
             return entry
-        self._tat = max(self._tat, now) + amount * WINDOW_S / self.per_minute
+        self._tat = max(self._tat, now) + amount * WINDOW_S / self.limit_at(now)
         entry.live = True
         self._entries.append(entry)
         self._in_window += amount
@@ -121,7 +169,7 @@ class RateBucket:
         self._expire(now)
         if entry.live:
             self._in_window += delta
-        self._tat += delta * WINDOW_S / self.per_minute
+        self._tat += delta * WINDOW_S / self.limit_at(now)
         entry.amount = float(actual)
 
     def used(self, now: float) -> float:
@@ -130,9 +178,41 @@ class RateBucket:
         return max(0.0, self._in_window)
 
     def set_limit(self, per_minute: float) -> None:
-        if per_minute <= 0:
-            raise ValueError(f"a per-minute limit must be > 0, got {per_minute!r}")
-        self.per_minute = float(per_minute)
+        """The caller's new limit (a slider, say); it ends any 429 cut."""
+        _check_limit(per_minute)
+        self.ceiling = float(per_minute)
+        self.explicit = True
+        self._cut_to = None
+
+    def sync(self, server: ServerLimit, sent_at: float, now: float) -> None:
+        """Take what the server reported about this limit.
+
+        Its limit becomes the limit in force (never above an explicit
+        ceiling). When it has less left than one second of the rate, the
+        pace is held back until that much has refilled; ``remaining`` as
+        reported applied when the request arrived, near ``sent_at``.
+        """
+        if server.limit is not None:
+            self.server_limit = server.limit
+            self._cut_to = None
+        if server.remaining is None or self.unlimited:
+            return
+        limit = self.per_minute
+        rate = limit / WINDOW_S
+        shortfall = rate * self.burst_seconds - server.remaining
+        if shortfall > 0:
+            self._tat = max(self._tat, sent_at + shortfall / rate + self.burst_seconds)
+        self._expire(now)
+
+    def cut(self, now: float) -> float:
+        """Lower the rate after a 429 the headers did not explain."""
+        limit = self.limit_at(now)
+        if math.isinf(limit):
+            return limit
+        floor = self.per_minute * MIN_CUT_FRACTION
+        self._cut_to = max(floor, limit * CUT_FACTOR)
+        self._cut_at = now
+        return self._cut_to
 
     def _expire(self, now: float) -> None:
         while self._entries and self._entries[0].at + WINDOW_S <= now:
@@ -143,25 +223,53 @@ class RateBucket:
             self._in_window = 0.0
 
 
+def _check_limit(value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"a per-minute limit must be > 0, got {value!r}")
+
+
+_LABELS = {
+    "requests": "requests/min",
+    "tokens": "tokens/min",
+    "input_tokens": "input tokens/min",
+    "output_tokens": "output tokens/min",
+}
+
+
 @dataclass
 class Reservation:
     """What one admitted request holds until it is released."""
 
-    tokens: float
-    request_entry: _Entry
-    token_entry: _Entry
+    amounts: dict[str, float]
+    entries: dict[str, _Entry]
+    sent_at: float
     released: bool = False
+
+    @property
+    def tokens(self) -> float:
+        return self.amounts["tokens"]
 
 
 @dataclass(frozen=True)
 class LimiterSnapshot:
-    """The limiter's state at one moment, for gauges and stats."""
+    """The limiter's state at one moment, for gauges and stats.
+
+    ``max_*`` are the limits in force (after what the server reported and
+    any 429 cut); ``configured_*`` are the caller's. ``math.inf`` means no
+    limit.
+    """
 
     max_requests_per_minute: float
     max_tokens_per_minute: float
+    max_input_tokens_per_minute: float
+    max_output_tokens_per_minute: float
+    configured_requests_per_minute: float
+    configured_tokens_per_minute: float
     max_concurrent_requests: int
     requests_last_minute: float
     tokens_last_minute: float
+    input_tokens_last_minute: float
+    output_tokens_last_minute: float
     in_flight: int
     paused_for_s: float
     reason: str
@@ -176,8 +284,13 @@ class Limiter:
         Per-minute limits; ``math.inf`` for none.
     max_concurrent_requests
         Requests in flight at once.
+    max_input_tokens_per_minute, max_output_tokens_per_minute
+        For providers that limit input and output apart (Anthropic).
     burst_seconds
         Seconds' worth of each rate that may go out at once.
+    explicit
+        Whether the caller chose the per-minute limits; if not, limits the
+        server reports replace them.
     clock
         Monotonic time in seconds; the one seam through which time is read.
     """
@@ -188,11 +301,22 @@ class Limiter:
         max_tokens_per_minute: float,
         max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT,
         *,
+        max_input_tokens_per_minute: float = math.inf,
+        max_output_tokens_per_minute: float = math.inf,
         burst_seconds: float = DEFAULT_BURST_S,
+        explicit: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.requests = RateBucket(max_requests_per_minute, burst_seconds)
-        self.tokens = RateBucket(max_tokens_per_minute, burst_seconds)
+        limits = {
+            "requests": max_requests_per_minute,
+            "tokens": max_tokens_per_minute,
+            "input_tokens": max_input_tokens_per_minute,
+            "output_tokens": max_output_tokens_per_minute,
+        }
+        self.buckets = {
+            name: RateBucket(limit, burst_seconds, explicit=explicit)
+            for name, limit in limits.items()
+        }
         self._check_concurrency(max_concurrent_requests)
         self.max_concurrent_requests = int(max_concurrent_requests)
         self.clock = clock
@@ -200,30 +324,59 @@ class Limiter:
         self._paused_until = -math.inf
         self._pause_reason = ""
         self._reason = "idle"
+        self._headers_seen = False
         # Created lazily on the loop that uses the limiter.
         self._admission: asyncio.Lock | None = None
         self._changed: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
+    @property
+    def requests(self) -> RateBucket:
+        return self.buckets["requests"]
+
+    @property
+    def tokens(self) -> RateBucket:
+        return self.buckets["tokens"]
+
     # -- admission -------------------------------------------------------
 
-    def check_fits(self, tokens: float) -> str | None:
+    def check_fits(self, tokens: float, **amounts: float) -> str | None:
         """Why a request of ``tokens`` can never be admitted, or None."""
-        if not self.tokens.fits(tokens):
-            return (
-                f"request needs {tokens:.0f} tokens (input estimate + max_tokens) "
-                f"but the limit is {self.tokens.per_minute:.0f} tokens/min; it "
-                "can never be sent. Lower max_tokens or shorten the prompt."
-            )
+        for name, amount in {"tokens": tokens, **amounts}.items():
+            bucket = self.buckets[name]
+            if not bucket.fits(amount):
+                what = "input estimate + max_tokens" if name == "tokens" else name
+                return (
+                    f"request needs {amount:.0f} tokens ({what}) but the limit is "
+                    f"{bucket.per_minute:.0f} {_LABELS[name]}; it can never be "
+                    "sent. Lower max_tokens or shorten the prompt."
+                )
         return None
 
-    async def acquire(self, tokens: float) -> Reservation:
-        """Wait until a request of ``tokens`` may be sent, then reserve it.
+    async def acquire(
+        self,
+        tokens: float,
+        *,
+        input_tokens: float = 0.0,
+        output_tokens: float = 0.0,
+    ) -> Reservation:
+        """Wait until a request may be sent, then reserve it.
 
-        Requests are admitted in arrival order. Raises ``ValueError`` at once
-        for a request that can never fit.
+        ``tokens`` is the input estimate plus ``max_tokens``;
+        ``input_tokens`` and ``output_tokens`` count against the input and
+        output limits where a provider has them. Requests are admitted in
+        arrival order. Raises ``ValueError`` at once for a request that can
+        never fit.
         """
-        problem = self.check_fits(tokens)
+        amounts = {
+            "requests": 1.0,
+            "tokens": float(tokens),
+            "input_tokens": float(input_tokens),
+            "output_tokens": float(output_tokens),
+        }
+        problem = self.check_fits(
+            tokens, input_tokens=input_tokens, output_tokens=output_tokens
+        )
         if problem:
             raise ValueError(problem)
 
@@ -231,16 +384,15 @@ class Limiter:
         async with admission:
             while True:
                 now = self.clock()
-                wait = self._wait_time(tokens, now)
+                wait = self._wait_time(amounts, now)
                 if wait == 0.0:
-                    reservation = Reservation(
-                        tokens=tokens,
-                        request_entry=self.requests.take(1, now),
-                        token_entry=self.tokens.take(tokens, now),
-                    )
+                    entries = {
+                        name: bucket.take(amounts[name], now)
+                        for name, bucket in self.buckets.items()
+                    }
                     self.in_flight += 1
                     self._reason = "sending"
-                    return reservation
+                    return Reservation(amounts, entries, now)
 
                 changed.clear()
                 try:
@@ -251,19 +403,61 @@ class Limiter:
                     pass
 
     def release(
-        self, reservation: Reservation, actual_tokens: float | None = None
+        self,
+        reservation: Reservation,
+        actual_tokens: float | None = None,
+        *,
+        actual_input_tokens: float | None = None,
+        actual_output_tokens: float | None = None,
     ) -> None:
-        """Free the request's slot; correct its tokens to ``actual_tokens``.
+        """Free the request's slot and correct its reservation to actual use.
 
-        Safe to call more than once; only the first call counts.
+        A None leaves that reservation as it was (the server may have
+        counted it). Safe to call more than once; only the first counts.
         """
         if reservation.released:
             return
         reservation.released = True
         self.in_flight -= 1
-        if actual_tokens is not None:
-            self.tokens.correct(reservation.token_entry, actual_tokens, self.clock())
+        now = self.clock()
+        actual = {
+            "tokens": actual_tokens,
+            "input_tokens": actual_input_tokens,
+            "output_tokens": actual_output_tokens,
+        }
+        for name, value in actual.items():
+            if value is not None:
+                self.buckets[name].correct(reservation.entries[name], value, now)
         self._notify()
+
+    def observe(self, headers: RateLimitHeaders, sent_at: float) -> None:
+        """Re-sync the buckets with a response's rate-limit headers."""
+        if not headers.limits:
+            return
+        now = self.clock()
+        self._headers_seen = self._headers_seen or headers.any_limit
+        for name, server in headers.limits.items():
+            self.buckets[name].sync(server, sent_at, now)
+        self._notify()
+
+    def on_rate_limited(self, wait_s: float, dimension: str | None = None) -> None:
+        """A 429: hold everyone for ``wait_s``; without headers, slow down.
+
+        Only the first 429 of a burst cuts the rate: one that answers a
+        request sent before the last cut says nothing new.
+        """
+        now = self.clock()
+        self.pause(wait_s, "429")
+        if self._headers_seen:
+            return
+        names = [dimension] if dimension in self.buckets else ["requests", "tokens"]
+        for name in names:
+            bucket = self.buckets[name]
+            if now - bucket._cut_at < max(wait_s, 1.0):
+                continue
+            new = bucket.cut(now)
+            if not math.isinf(new):
+                logger.info("429 without limit headers: %s lowered to %.0f", name, new)
 
     def pause(self, seconds: float, reason: str = "429") -> None:
         """Hold every request on this limiter for ``seconds`` from now."""
@@ -280,12 +474,22 @@ class Limiter:
         max_requests_per_minute: float | None = None,
         max_tokens_per_minute: float | None = None,
         max_concurrent_requests: int | None = None,
+        max_input_tokens_per_minute: float | None = None,
+        max_output_tokens_per_minute: float | None = None,
     ) -> None:
-        """Change limits while requests run; the next admission uses them."""
-        if max_requests_per_minute is not None:
-            self.requests.set_limit(max_requests_per_minute)
-        if max_tokens_per_minute is not None:
-            self.tokens.set_limit(max_tokens_per_minute)
+        """Change limits while requests run; the next admission uses them.
+
+        Callable from any thread (a slider's callback, say).
+        """
+        changes = {
+            "requests": max_requests_per_minute,
+            "tokens": max_tokens_per_minute,
+            "input_tokens": max_input_tokens_per_minute,
+            "output_tokens": max_output_tokens_per_minute,
+        }
+        for name, value in changes.items():
+            if value is not None:
+                self.buckets[name].set_limit(value)
         if max_concurrent_requests is not None:
             self._check_concurrency(max_concurrent_requests)
             self.max_concurrent_requests = int(max_concurrent_requests)
@@ -293,38 +497,51 @@ class Limiter:
 
     def snapshot(self) -> LimiterSnapshot:
         now = self.clock()
+        b = self.buckets
+        paused = max(0.0, self._paused_until - now)
+        reason = self._reason
+        if paused > 0:
+            reason = f"cooling down {math.ceil(paused)} s after {self._pause_reason}"
+        elif self.in_flight == 0 and reason == "sending":
+            reason = "idle"
         return LimiterSnapshot(
-            max_requests_per_minute=self.requests.per_minute,
-            max_tokens_per_minute=self.tokens.per_minute,
+            max_requests_per_minute=b["requests"].limit_at(now),
+            max_tokens_per_minute=b["tokens"].limit_at(now),
+            max_input_tokens_per_minute=b["input_tokens"].limit_at(now),
+            max_output_tokens_per_minute=b["output_tokens"].limit_at(now),
+            configured_requests_per_minute=b["requests"].ceiling,
+            configured_tokens_per_minute=b["tokens"].ceiling,
             max_concurrent_requests=self.max_concurrent_requests,
-            requests_last_minute=self.requests.used(now),
-            tokens_last_minute=self.tokens.used(now),
+            requests_last_minute=b["requests"].used(now),
+            tokens_last_minute=b["tokens"].used(now),
+            input_tokens_last_minute=b["input_tokens"].used(now),
+            output_tokens_last_minute=b["output_tokens"].used(now),
             in_flight=self.in_flight,
-            paused_for_s=max(0.0, self._paused_until - now),
-            reason=self._reason,
+            paused_for_s=paused,
+            reason=reason,
         )
 
     # -- internals -------------------------------------------------------
 
-    def _wait_time(self, tokens: float, now: float) -> float:
+    def _wait_time(self, amounts: dict[str, float], now: float) -> float:
         """0 if a request may go now, else seconds (inf: until notified)."""
         paused = self._paused_until - now
         if paused > 0:
-            self._reason = f"cooling down {paused:.0f} s after {self._pause_reason}"
+            self._reason = (
+                f"cooling down {math.ceil(paused)} s after {self._pause_reason}"
+            )
             return paused
         if self.in_flight >= self.max_concurrent_requests:
             self._reason = "waiting on concurrency"
             return math.inf
-        request_wait = self.requests.wait_time(1, now)
-        token_wait = self.tokens.wait_time(tokens, now)
-        if request_wait == 0.0 and token_wait == 0.0:
-            return 0.0
-        self._reason = (
-            "waiting on requests/min"
-            if request_wait >= token_wait
-            else "waiting on tokens/min"
-        )
-        return max(request_wait, token_wait)
+        longest, slowest = 0.0, ""
+        for name, bucket in self.buckets.items():
+            wait = bucket.wait_time(amounts[name], now)
+            if wait > longest:
+                longest, slowest = wait, name
+        if longest > 0:
+            self._reason = f"waiting on {_LABELS[slowest]}"
+        return longest
 
     def _primitives(self) -> tuple[asyncio.Lock, asyncio.Event]:
         loop = asyncio.get_running_loop()
@@ -369,29 +586,41 @@ def limiter_key(base_url: str, api_key: str | None, group: str) -> tuple[str, st
 def get_limiter(
     key: tuple[str, str, str],
     *,
-    max_requests_per_minute: float,
-    max_tokens_per_minute: float,
-    max_concurrent_requests: int,
-    explicit: bool,
+    defaults: Mapping[str, float],
+    given: Mapping[str, float | None],
+    max_concurrent_requests: int | None,
 ) -> Limiter:
     """The limiter for ``key``, created on first use.
 
-    A later call with ``explicit`` limits (given by the user rather than
-    taken from the registry) updates the shared limiter to them.
+    ``defaults`` are the registry's per-minute limits by dimension
+    (``requests``, ``tokens``, ``input_tokens``, ``output_tokens``);
+    ``given`` are the caller's, None where not given. A limit the caller
+    gave is kept as a ceiling the server's headers cannot raise; a default
+    yields to what the server reports. A later call that gives limits
+    updates the shared limiter to them.
     """
     with _registry_lock:
         limiter = _registry.get(key)
         if limiter is None:
+            value = {
+                name: given.get(name) or defaults.get(name, math.inf)
+                for name in _LABELS
+            }
             limiter = Limiter(
-                max_requests_per_minute,
-                max_tokens_per_minute,
-                max_concurrent_requests,
+                value["requests"],
+                value["tokens"],
+                max_concurrent_requests or DEFAULT_MAX_CONCURRENT,
+                max_input_tokens_per_minute=value["input_tokens"],
+                max_output_tokens_per_minute=value["output_tokens"],
             )
+            for name, bucket in limiter.buckets.items():
+                bucket.explicit = given.get(name) is not None
             _registry[key] = limiter
-        elif explicit:
-            limiter.set_limits(
-                max_requests_per_minute=max_requests_per_minute,
-                max_tokens_per_minute=max_tokens_per_minute,
-                max_concurrent_requests=max_concurrent_requests,
-            )
+            return limiter
+
+        for name, value in given.items():
+            if value is not None:
+                limiter.buckets[name].set_limit(value)
+        if max_concurrent_requests is not None:
+            limiter.set_limits(max_concurrent_requests=max_concurrent_requests)
         return limiter

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import re
 import threading
 from dataclasses import dataclass, replace
@@ -57,14 +58,28 @@ class ModelInfo:
     max_requests_per_minute: float = FALLBACK_REQUESTS_PER_MINUTE
     max_tokens_per_minute: float = FALLBACK_TOKENS_PER_MINUTE
     tokenizer: str | None = None
+    max_input_tokens_per_minute: float = math.inf
+    max_output_tokens_per_minute: float = math.inf
+
+    def default_limits(self) -> dict[str, float]:
+        """Per-minute limits by limiter dimension."""
+        return {
+            "requests": self.max_requests_per_minute,
+            "tokens": self.max_tokens_per_minute,
+            "input_tokens": self.max_input_tokens_per_minute,
+            "output_tokens": self.max_output_tokens_per_minute,
+        }
 
     def cost_usd(self, usage: Usage) -> float:
         """The cost of ``usage`` in USD.
 
-        Cached input is billed at the cached price and never again at the
-        input price; reasoning tokens are already part of the output.
+        ``usage.input_tokens`` counts every prompt token. Cached reads are
+        billed at the cached price and cache writes at the write price,
+        never again at the input price; reasoning tokens are already part
+        of the output.
         """
         cached = min(usage.cached_input_tokens, usage.input_tokens)
+        written = min(usage.cache_write_tokens, usage.input_tokens - cached)
         cached_price = (
             self.input_price
             if self.cached_input_price is None
@@ -76,9 +91,9 @@ class ModelInfo:
             else self.cache_write_price
         )
         per_million = (
-            (usage.input_tokens - cached) * self.input_price
+            (usage.input_tokens - cached - written) * self.input_price
             + cached * cached_price
-            + usage.cache_write_tokens * write_price
+            + written * write_price
             + usage.output_tokens * self.output_price
         )
         return per_million / 1_000_000
@@ -126,6 +141,8 @@ def _load_builtin() -> None:
             max_requests_per_minute=entry["rpm"],
             max_tokens_per_minute=entry["tpm"],
             tokenizer=entry.get("tokenizer"),
+            max_input_tokens_per_minute=entry.get("itpm") or math.inf,
+            max_output_tokens_per_minute=entry.get("otpm") or math.inf,
         )
         _validate(info)
         _registry[name] = info

@@ -77,7 +77,9 @@ class ManualView:
         self.update(snap)
 
 
-def make_view(progress: Any, total: int) -> ProgressView | None:
+def make_view(
+    progress: Any, total: int, *, limiter: Any = None, controls: Any = None
+) -> ProgressView | None:
     """The view for a ``progress=`` argument; a view object passes through."""
     if progress is None or progress is False or progress == "none":
         return None

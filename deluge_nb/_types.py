@@ -9,8 +9,10 @@ from dataclasses import dataclass, fields
 class Usage:
     """Token usage of one response.
 
-    ``input_tokens`` counts every prompt token, cached ones included;
-    ``output_tokens`` counts every generated token, reasoning included.
+    ``input_tokens`` counts every prompt token, cache reads
+    (``cached_input_tokens``) and cache writes (``cache_write_tokens``)
+    included; ``output_tokens`` counts every generated token, reasoning
+    included.
     """
 
     input_tokens: int = 0

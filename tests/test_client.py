@@ -243,7 +243,10 @@ def test_stats_after_a_job(sim: object) -> None:
         1,
         1,
     )
-    assert stats.state == "failed" and stats.limiter.in_flight == 0
+    assert stats.state == "done" and stats.limiter.in_flight == 0
+
+    client.process_prompts_sync([echo("c", "status=400")])
+    assert client.stats is not None and client.stats.state == "failed"
 
 
 def test_environment_is_not_polluted_by_import() -> None:

@@ -183,3 +183,30 @@ async def test_acomplete_from_a_running_loop(sim: object) -> None:
 def test_accessor_is_registered_by_import() -> None:
     assert hasattr(pd.DataFrame, "deluge") and hasattr(pd.Series, "deluge")
     assert deluge_nb.__version__
+
+
+def test_submit_returns_at_once_and_result_gives_the_frame(sim: object) -> None:
+    df = pd.DataFrame({"text": ["a", "b", "c"]}, index=[7, 8, 9])
+    job = df.deluge.submit(
+        "sim-frame", prompt=ECHO + "[[sim:sleep=0.3]]{text}", progress=None
+    )
+    assert not job.done
+    out = job.result(timeout=10)
+    assert job.done and job.stats.state == "done"
+    assert out.index.tolist() == [7, 8, 9]
+    assert out["response"].tolist() == ["a", "b", "c"]
+
+
+async def test_await_a_submitted_job(sim: object) -> None:
+    job = pd.DataFrame({"text": ["x"]}).deluge.submit(
+        "sim-frame", prompt=ECHO + "{text}", progress=None
+    )
+    out = await job
+    assert out["response"].tolist() == ["x"]
+
+
+def test_column_clash_is_refused_before_anything_is_sent(sim: object) -> None:
+    df = pd.DataFrame({"text": ["a"], "response": ["old"]})
+    with pytest.raises(ConfigurationError, match="prefix"):
+        complete(df, prompt=ECHO + "{text}")
+    assert sim.stats()["requests"] == 0  # type: ignore[attr-defined]

@@ -1,0 +1,102 @@
+"""What a response's rate-limit headers say, as plain numbers.
+
+OpenAI sends ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` with
+resets as Go durations (``1s``, ``12ms``, ``6m0s``). Anthropic sends
+``anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-
+{limit,remaining,reset}`` with resets as RFC 3339 timestamps. Azure has been
+seen sending ``-1`` or ``0``. Anything that does not parse to a sensible
+number is dropped, so junk never reaches the limiter.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from ._retry import parse_go_duration, parse_retry_after
+
+DIMENSIONS = ("requests", "tokens", "input_tokens", "output_tokens")
+
+
+@dataclass(frozen=True)
+class ServerLimit:
+    """One limit as the server reports it; any field may be unknown."""
+
+    limit: float | None = None
+    remaining: float | None = None
+    reset_s: float | None = None
+
+
+@dataclass(frozen=True)
+class RateLimitHeaders:
+    """Every limit a response reported, by dimension, and its retry wait."""
+
+    limits: Mapping[str, ServerLimit]
+    retry_after_s: float | None = None
+
+    @property
+    def any_limit(self) -> bool:
+        return any(s.limit is not None for s in self.limits.values())
+
+
+def parse_rate_limit_headers(
+    headers: Mapping[str, str], now_unix: float
+) -> RateLimitHeaders:
+    """Read OpenAI- and Anthropic-style rate-limit headers.
+
+    Parameters
+    ----------
+    headers
+        Response headers (a case-insensitive mapping, or lower-case keys).
+    now_unix
+        The current Unix time, to turn RFC 3339 resets into seconds.
+    """
+    limits: dict[str, ServerLimit] = {}
+    for dimension in DIMENSIONS:
+        wire = dimension.replace("_", "-")
+        openai = ServerLimit(
+            limit=_count(headers.get(f"x-ratelimit-limit-{wire}"), positive=True),
+            remaining=_count(headers.get(f"x-ratelimit-remaining-{wire}")),
+            reset_s=parse_go_duration(headers.get(f"x-ratelimit-reset-{wire}")),
+        )
+        prefix = f"anthropic-ratelimit-{wire}"
+        anthropic = ServerLimit(
+            limit=_count(headers.get(f"{prefix}-limit"), positive=True),
+            remaining=_count(headers.get(f"{prefix}-remaining")),
+            reset_s=_rfc3339_in(headers.get(f"{prefix}-reset"), now_unix),
+        )
+        for found in (openai, anthropic):
+            if found != ServerLimit():
+                limits[dimension] = found
+                break
+    return RateLimitHeaders(limits, parse_retry_after(headers, now_unix))
+
+
+def _count(raw: str | None, *, positive: bool = False) -> float | None:
+    if raw is None:
+        return None
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        return None
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        return None
+    return value
+
+
+def _rfc3339_in(raw: str | None, now_unix: float) -> float | None:
+    """Seconds from ``now_unix`` until an RFC 3339 timestamp, at least 0."""
+    if not raw:
+        return None
+    text = raw.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - now_unix)

@@ -1,0 +1,547 @@
+"""A job: one run of a client over a list of prompts, and its handle.
+
+``Job`` is what ``df.deluge.submit`` and ``LLMClient.submit`` return at
+once: the work runs on the engine loop while the caller goes on. The
+blocking and awaitable calls are built on it too, so every path shares one
+way to stop: ``Job.cancel`` (the Stop button, the kernel's interrupt,
+Ctrl-C) cancels the requests in flight, keeps every finished row, marks the
+others as cancelled, and hands back the partial result.
+
+Inside a run:
+
+1. rows with no prompt finish at once, unsent;
+2. rows that can never fit the context window or the tokens/min limit
+   finish at once with an error;
+3. a dispatcher walks the rest in order, waits for the limiter to admit
+   each one, and starts a task for it, so tasks exist only for requests in
+   flight, never one per row;
+4. each task sends, retries what can be retried (re-entering the limiter
+   each time) and records its row's result.
+
+A 429 pauses the whole limiter; other failures back off only their own row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+import time
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import aiohttp
+
+from . import _runner
+from ._errors import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    RateLimitError,
+    RequestError,
+    RequestTooLargeError,
+    ServerError,
+)
+from ._headers import parse_rate_limit_headers
+from ._limits import Reservation
+from ._models import ModelInfo
+from ._progress import close_quietly, drive, make_view
+from ._retry import is_retryable_status, parse_retry_after, retry_delay
+from ._stats import JobStats, StatsSnapshot
+from ._tokens import count_message_tokens, count_text_tokens
+from ._types import Completion, Usage
+from .providers import ParsedResponse, get_provider
+
+if TYPE_CHECKING:
+    from ._client import LLMClient, Prompt
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+CANCELLED = "cancelled: the job was stopped before this row finished"
+
+# How long a stopped job may take to unwind before result() gives up.
+STOP_GRACE_S = 5.0
+# How often a blocking wait checks for a KeyboardInterrupt.
+INTERRUPT_POLL_S = 0.1
+
+
+class Job(Generic[T]):
+    """A running job; returned at once by ``submit``.
+
+    ``result()`` waits for it, ``await job`` awaits it, ``cancel()`` stops
+    it within about a second and keeps what finished. ``stats`` is
+    readable at any time.
+    """
+
+    def __init__(
+        self,
+        client: LLMClient,
+        prompts: Sequence[Prompt],
+        *,
+        finalize: Callable[[list[Completion]], T] | None = None,
+        show_progress: bool = True,
+    ) -> None:
+        self.client = client
+        self._prompts = prompts
+        self._results: list[Completion | None] = [None] * len(prompts)
+        self._stats = JobStats(total=len(prompts), limiter=client.limiter)
+        self._finalize = finalize
+        self._show_progress = show_progress
+        self._future: concurrent.futures.Future[list[Completion]] | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._stop_requested = False
+        self._paused = False
+        self._resumed: asyncio.Event | None = None
+        self.progress: Any = None
+
+    # -- control ---------------------------------------------------------
+
+    def start(self) -> Job[T]:
+        """Start the job on the engine loop; returns at once."""
+        if self._future is None:
+            self._future = _runner.submit(self._main())
+        return self
+
+    def cancel(self) -> None:
+        """Stop sending; requests in flight are abandoned, finished rows kept."""
+        self._stop_requested = True
+        loop = _runner.get_loop()
+        loop.call_soon_threadsafe(self._cancel_task)
+
+    def pause(self) -> None:
+        """Send nothing new until ``resume``; requests in flight finish."""
+        self._paused = True
+        self._stats.state = "paused"
+        _runner.get_loop().call_soon_threadsafe(self._sync_pause)
+
+    def resume(self) -> None:
+        self._paused = False
+        if self._stats.state == "paused":
+            self._stats.state = "running"
+        _runner.get_loop().call_soon_threadsafe(self._sync_pause)
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    @property
+    def done(self) -> bool:
+        return self._future is not None and self._future.done()
+
+    @property
+    def stats(self) -> StatsSnapshot:
+        return self._stats.snapshot()
+
+    # -- results ---------------------------------------------------------
+
+    def result(self, timeout: float | None = None) -> T:
+        """Wait for the job and return its result.
+
+        A ``KeyboardInterrupt`` while waiting (the kernel's stop button,
+        Ctrl-C) stops the job and returns the rows finished so far.
+        """
+        future = self.start()._future
+        assert future is not None
+        try:
+            completions = _wait_interruptibly(future, timeout)
+        except KeyboardInterrupt:
+            self.cancel()
+            completions = future.result(STOP_GRACE_S)
+            logger.warning(
+                "interrupted: %d of %d rows finished; the rest are marked cancelled",
+                sum(1 for c in completions if c.error != CANCELLED),
+                len(completions),
+            )
+        return self._finish(completions)
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return self._wait().__await__()
+
+    async def _wait(self) -> T:
+        future = self.start()._future
+        assert future is not None
+        if _runner.in_engine_thread():
+            raise RuntimeError("a job cannot be awaited from inside another job")
+        try:
+            completions = await asyncio.shield(asyncio.wrap_future(future))
+        except asyncio.CancelledError:
+            # The awaiting cell was interrupted: stop the job with it.
+            self.cancel()
+            raise
+        return self._finish(completions)
+
+    def _finish(self, completions: list[Completion]) -> T:
+        if self._finalize is None:
+            return completions  # type: ignore[return-value]
+        return self._finalize(completions)
+
+    def __repr__(self) -> str:
+        snap = self._stats.snapshot()
+        return (
+            f"<Job {snap.state}: {snap.done}/{snap.total} rows, "
+            f"{snap.failed} errors, ${snap.cost_usd:.4f}>"
+        )
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        view = self.progress
+        if view is not None and hasattr(view, "_repr_mimebundle_"):
+            return view._repr_mimebundle_(**kwargs)
+        return {"text/plain": repr(self)}
+
+    # -- on the engine loop ----------------------------------------------
+
+    async def _main(self) -> list[Completion]:
+        self._task = asyncio.current_task()
+        self._resumed = asyncio.Event()
+        self._sync_pause()
+        stats = self._stats
+        stats.started = time.monotonic()
+        view = None
+        if self._show_progress:
+            view = make_view(
+                self.client.progress,
+                stats.total,
+                limiter=self.client.limiter,
+                controls=self,
+            )
+        self.progress = view
+        refresher = asyncio.ensure_future(drive(view, stats)) if view else None
+        try:
+            if self._stop_requested:
+                raise asyncio.CancelledError
+            await _Run(self).run(self._prompts)
+            nothing_ok = stats.succeeded == 0 and stats.failed > 0
+            stats.state = "failed" if nothing_ok else "done"
+        except asyncio.CancelledError:
+            stats.state = "stopped"
+            if not self._stop_requested:
+                raise
+            # A stop we asked for: the partial result is the answer.
+        except BaseException:
+            stats.state = "failed"
+            raise
+        finally:
+            stats.finished = time.monotonic()
+            if refresher is not None:
+                refresher.cancel()
+            if view is not None:
+                close_quietly(view, stats)
+        return [
+            r if r is not None else Completion(error=CANCELLED) for r in self._results
+        ]
+
+    def _cancel_task(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    def _sync_pause(self) -> None:
+        if self._resumed is None:
+            return
+        if self._paused:
+            self._resumed.clear()
+        else:
+            self._resumed.set()
+
+    async def _wait_while_paused(self) -> None:
+        if self._resumed is not None and not self._resumed.is_set():
+            await self._resumed.wait()
+
+
+def _wait_interruptibly(
+    future: concurrent.futures.Future[list[Completion]], timeout: float | None
+) -> list[Completion]:
+    """``future.result(timeout)``, waking often enough to see an interrupt.
+
+    A thread blocked on a lock may not wake for a signal that another
+    thread received, so the wait is cut into short slices; a pending
+    KeyboardInterrupt is raised between them.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = None if deadline is None else deadline - time.monotonic()
+        slice_s = (
+            INTERRUPT_POLL_S if left is None else max(0.0, min(left, INTERRUPT_POLL_S))
+        )
+        try:
+            return future.result(slice_s)
+        except concurrent.futures.TimeoutError:
+            if left is not None and left <= INTERRUPT_POLL_S:
+                raise
+
+
+@dataclass(frozen=True)
+class _Row:
+    """One prompt on its way: where it goes and what it reserves."""
+
+    position: int
+    model: ModelInfo
+    messages: list[dict[str, Any]]
+    input_estimate: int
+
+
+class _Run:
+    """The work of one job: dispatch, send, retry, collect."""
+
+    def __init__(self, job: Job[Any]) -> None:
+        client = job.client
+        self.job = job
+        self.client = client
+        self.results = job._results
+        self.stats = job._stats
+        self.limiter = client.limiter
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.first_error: RequestError | None = None
+        self.params = {
+            "max_tokens": client.max_tokens,
+            "temperature": client.temperature,
+        }
+
+    async def run(self, prompts: Sequence[Prompt]) -> None:
+        try:
+            await self._dispatch(prompts)
+            while self.tasks:
+                await asyncio.wait(set(self.tasks))
+        except BaseException:
+            for task in self.tasks:
+                task.cancel()
+            if self.tasks:
+                await asyncio.wait(set(self.tasks))
+            for position, result in enumerate(self.results):
+                if result is None:
+                    self.results[position] = Completion(error=CANCELLED)
+            raise
+        if self.first_error is not None and self.client.errors == "raise":
+            raise self.first_error
+
+    async def _dispatch(self, prompts: Sequence[Prompt]) -> None:
+        client = self.client
+        models = client.models
+        for position, prompt in enumerate(prompts):
+            if self.first_error is not None and client.errors == "raise":
+                return
+            if prompt is None:
+                self._finish(position, Completion(), skipped=True)
+                continue
+            await self.job._wait_while_paused()
+
+            model = models[position % len(models)]
+            messages = client._messages(prompt)
+            estimate = count_message_tokens(messages, model.tokenizer)
+            row = _Row(position, model, messages, estimate)
+            reserve = estimate + client.max_tokens
+            problem = self._never_fits(row, reserve)
+            if problem is not None:
+                self._fail(
+                    row,
+                    RequestTooLargeError(problem, row=position, model=model.name),
+                    0,
+                )
+                continue
+
+            reservation = await self._acquire(row)
+            task = asyncio.ensure_future(self._send_row(row, reservation))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _acquire(self, row: _Row) -> Reservation:
+        """Wait for the limiter; the request reserves its worst case."""
+        max_tokens = self.client.max_tokens
+        return await self.limiter.acquire(
+            row.input_estimate + max_tokens,
+            input_tokens=row.input_estimate,
+            output_tokens=max_tokens,
+        )
+
+    def _never_fits(self, row: _Row, reserve: int) -> str | None:
+        window = row.model.context_window
+        if window is not None and reserve > window:
+            return (
+                f"prompt of about {row.input_estimate} tokens plus max_tokens="
+                f"{self.client.max_tokens} exceeds the context window of "
+                f"{row.model.name} ({window} tokens)"
+            )
+        return self.limiter.check_fits(
+            reserve,
+            input_tokens=row.input_estimate,
+            output_tokens=self.client.max_tokens,
+        )
+
+    async def _send_row(self, row: _Row, reservation: Reservation) -> None:
+        client = self.client
+        attempt = 1
+        while True:
+            started = time.perf_counter()
+            used: Usage | None = None
+            error: RequestError | None = None
+            try:
+                parsed, used = await self._attempt(row, attempt, reservation)
+            except RequestError as exc:
+                error = exc
+                if isinstance(exc, RateLimitError):
+                    used = Usage()  # a rejected request spent no tokens
+            finally:
+                self._release(reservation, used)
+
+            if error is None:
+                assert used is not None
+                self._succeed(row, parsed, used, attempt, time.perf_counter() - started)
+                return
+
+            if isinstance(error, RateLimitError):
+                self.stats.rate_limited += 1
+            if not error.retryable or attempt >= client.max_attempts:
+                self._fail(row, error, attempt)
+                return
+
+            delay = error.retry_after
+            if delay is None:
+                delay = retry_delay(attempt, rng=client._rng)
+            self.stats.retries += 1
+            if isinstance(error, RateLimitError):
+                # Everyone on this key waits, not just this row.
+                self.limiter.on_rate_limited(delay, error.dimension)
+            else:
+                logger.debug(
+                    "row %d: %s; retrying in %.2f s", row.position, error, delay
+                )
+                await asyncio.sleep(delay)
+            attempt += 1
+            reservation = await self._acquire(row)
+
+    def _release(self, reservation: Reservation, used: Usage | None) -> None:
+        if used is None:
+            # No answer: the server may have counted the whole reservation.
+            self.limiter.release(reservation)
+            return
+        self.limiter.release(
+            reservation,
+            used.total_tokens,
+            actual_input_tokens=used.input_tokens,
+            actual_output_tokens=used.output_tokens,
+        )
+
+    async def _attempt(
+        self, row: _Row, attempt: int, reservation: Reservation
+    ) -> tuple[ParsedResponse, Usage]:
+        """Send once. Raises a ``RequestError`` with ``retryable`` set."""
+        client = self.client
+        model = row.model
+        provider = get_provider(model.provider)
+        spec = provider.build(model, row.messages, self.params, client._key_for(model))
+        session = await _runner.get_session()
+        where = {"row": row.position, "model": model.name, "attempt": attempt}
+        try:
+            async with session.post(
+                spec.url,
+                json=spec.body,
+                headers=dict(spec.headers),
+                timeout=aiohttp.ClientTimeout(total=client.timeout),
+            ) as response:
+                status = response.status
+                headers = response.headers
+                text = await response.text()
+            self.limiter.observe(
+                parse_rate_limit_headers(headers, time.time()), reservation.sent_at
+            )
+        except asyncio.TimeoutError as exc:
+            raise _retryable(
+                APITimeoutError(f"no response within {client.timeout:g} s", **where)
+            ) from exc
+        except aiohttp.ClientError as exc:
+            raise _retryable(
+                APIConnectionError(
+                    f"connection failed: {type(exc).__name__}: {exc}", **where
+                )
+            ) from exc
+
+        if status != 200:
+            message = provider.error_message(status, text)
+            error: APIStatusError
+            if status == 429:
+                error = RateLimitError(message, status=status, **where)
+                error.dimension = _rate_limit_dimension(text)
+            elif status >= 500:
+                error = ServerError(message, status=status, **where)
+            else:
+                error = APIStatusError(message, status=status, **where)
+            error.retryable = is_retryable_status(status, headers)
+            error.retry_after = parse_retry_after(headers, time.time())
+            raise error
+
+        try:
+            parsed = provider.parse(json.loads(text))
+        except ValueError as exc:
+            # A truncated or garbled 200 is a transient server fault.
+            raise _retryable(
+                APIConnectionError(f"unreadable response body: {exc}", **where)
+            ) from exc
+        usage = parsed.usage or Usage(
+            input_tokens=row.input_estimate,
+            output_tokens=count_text_tokens(parsed.text, model.tokenizer),
+        )
+        return parsed, usage
+
+    def _succeed(
+        self,
+        row: _Row,
+        parsed: ParsedResponse,
+        usage: Usage,
+        attempts: int,
+        latency: float,
+    ) -> None:
+        self._finish(
+            row.position,
+            Completion(
+                response=parsed.text,
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                cost_usd=row.model.cost_usd(usage),
+                model=row.model.name,
+                finish_reason=parsed.finish_reason,
+                latency_s=latency,
+                attempts=attempts,
+            ),
+        )
+
+    def _fail(self, row: _Row, error: RequestError, attempts: int) -> None:
+        logger.debug("row %d failed: %s", row.position, error)
+        if self.first_error is None:
+            self.first_error = error
+        self._finish(
+            row.position,
+            Completion(model=row.model.name, attempts=attempts, error=error.message),
+        )
+
+    def _finish(
+        self, position: int, result: Completion, *, skipped: bool = False
+    ) -> None:
+        self.results[position] = result
+        stats = self.stats
+        stats.done += 1
+        if skipped:
+            stats.skipped += 1
+        elif result.error is not None:
+            stats.failed += 1
+        else:
+            stats.succeeded += 1
+            stats.input_tokens += result.input_tokens or 0
+            stats.output_tokens += result.output_tokens or 0
+            stats.cost_usd += result.cost_usd or 0.0
+
+
+def _rate_limit_dimension(body_text: str) -> str | None:
+    """Which limit a 429's body names (OpenAI says it in ``error.type``)."""
+    try:
+        kind = json.loads(body_text)["error"]["type"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return kind if kind in ("requests", "tokens") else None
+
+
+def _retryable(error: RequestError) -> RequestError:
+    error.retryable = True
+    return error

@@ -1,0 +1,107 @@
+"""Stopping a job: cancel, the kernel's interrupt, pause; nothing is lost."""
+
+from __future__ import annotations
+
+import _thread
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pandas as pd
+import pytest
+
+from deluge_nb import LLMClient, register_model
+from deluge_nb._job import CANCELLED
+from deluge_nb.sim import serve
+
+SLOW = "[[sim:echo]][[sim:sleep=1]]{text}"
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[object]:
+    with serve() as server:
+        register_model("sim-stop", base_url=server.base_url, tokenizer="o200k_base")
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def _fresh_stats(sim: object) -> None:
+    sim.reset_stats()  # type: ignore[attr-defined]
+
+
+def ten_rows() -> pd.DataFrame:
+    return pd.DataFrame({"text": [f"row {i}" for i in range(10)]})
+
+
+def test_k12_cancel_keeps_finished_rows_and_stops_within_a_second(
+    sim: object,
+) -> None:
+    job = ten_rows().deluge.submit(
+        "sim-stop", prompt=SLOW, max_concurrent_requests=1, progress=None
+    )
+    time.sleep(3.5)
+    stopped_at = time.monotonic()
+    job.cancel()
+    out = job.result(timeout=5)
+    assert time.monotonic() - stopped_at < 1.0
+
+    done = out["response"].notna()
+    assert done.sum() == 3
+    assert out.loc[done, "response"].tolist() == ["row 0", "row 1", "row 2"]
+    assert (out.loc[~done, "error"] == CANCELLED).all()
+    assert job.stats.state == "stopped"
+    assert job.stats.limiter.in_flight == 0
+
+
+def _sigint_to_process() -> None:
+    # What Jupyter's stop button does: SIGINT to the kernel process.
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+@pytest.mark.parametrize(
+    "interrupt", [_thread.interrupt_main, _sigint_to_process], ids=["flag", "sigint"]
+)
+def test_k03_kernel_interrupt_during_complete_returns_the_partial_frame(
+    sim: object, interrupt: Callable[[], None]
+) -> None:
+    timer = threading.Timer(2.5, interrupt)
+    timer.start()
+    started = time.monotonic()
+    try:
+        out = ten_rows().deluge.complete(
+            "sim-stop", prompt=SLOW, max_concurrent_requests=1, progress=None
+        )
+    finally:
+        timer.cancel()
+    elapsed = time.monotonic() - started
+    assert elapsed < 3.5  # stopped within about a second of the interrupt
+    assert out["response"].notna().sum() == 2
+    assert out["response"].iloc[:2].tolist() == ["row 0", "row 1"]
+    assert (out["error"].iloc[2:] == CANCELLED).all()
+
+
+def test_pause_holds_new_requests_and_resume_goes_on(sim: object) -> None:
+    client = LLMClient("sim-stop", progress=None, max_concurrent_requests=1)
+    prompts = [f"[[sim:echo]][[sim:sleep=0.2]]{i}" for i in range(6)]
+    job = client.submit(prompts)
+    time.sleep(0.3)
+    job.pause()
+    assert job.paused and job.stats.state == "paused"
+    time.sleep(0.3)  # the request in flight finishes
+    held = sim.stats()["requests"]  # type: ignore[attr-defined]
+    time.sleep(0.6)
+    assert sim.stats()["requests"] == held  # type: ignore[attr-defined]
+    job.resume()
+    results = job.result(timeout=10)
+    assert [r.response for r in results] == [str(i) for i in range(6)]
+    assert job.stats.state == "done"
+
+
+def test_cancel_before_anything_ran(sim: object) -> None:
+    client = LLMClient("sim-stop", progress=None, max_concurrent_requests=1)
+    job = client.submit(["[[sim:echo]][[sim:sleep=1]]a"] * 3)
+    job.cancel()
+    results = job.result(timeout=5)
+    assert all(r.error == CANCELLED for r in results)
