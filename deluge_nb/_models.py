@@ -18,10 +18,13 @@ from importlib import resources
 from ._errors import ConfigurationError, ImplausiblePriceError, UnknownModelError
 from ._types import Usage
 
-PROVIDERS = ("openai", "openai-compatible")
+PROVIDERS = ("openai", "openai-compatible", "anthropic")
 
-DEFAULT_BASE_URLS = {"openai": "https://api.openai.com/v1"}
-DEFAULT_KEY_ENVS = {"openai": "OPENAI_API_KEY"}
+DEFAULT_BASE_URLS = {
+    "openai": "https://api.openai.com/v1",
+    "anthropic": "https://api.anthropic.com/v1",
+}
+DEFAULT_KEY_ENVS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 
 # Published prices run from a few thousandths of a dollar (cached input of
 # the smallest models) to a few hundred dollars per million tokens. A price

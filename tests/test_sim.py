@@ -1,14 +1,18 @@
 """Tests of deluge_nb.sim: real HTTP against a server in a thread.
 
-Rate-limit tests inject a frozen clock into the server, so the bucket
-arithmetic is exact and nothing sleeps to wait for refill; only the latency
-tests really sleep, and briefly.
+Both wire formats (OpenAI chat completions, Anthropic Messages), their rate
+limits and headers, directives and injected faults. Rate-limit and storm
+tests inject a frozen clock into the server (and a fixed wall clock for the
+Anthropic reset stamps), so the arithmetic is exact and nothing sleeps to
+wait for refill; only the latency and hang tests really sleep, and briefly.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import math
 import os
 import signal
 import subprocess
@@ -27,7 +31,8 @@ from multidict import CIMultiDict
 
 from deluge_nb._tokens import count_message_tokens, count_text_tokens
 from deluge_nb.sim import SimConfig, SimServer, make_app, serve, serve_async
-from deluge_nb.sim._app import Bucket, format_go_duration
+from deluge_nb.sim.__main__ import _config_from_args, _parser
+from deluge_nb.sim._bucket import Bucket, format_go_duration, format_rfc3339
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -560,6 +565,8 @@ def test_make_app_returns_an_aiohttp_application() -> None:
 def test_cli_prints_base_url_and_stops_on_ctrl_c() -> None:
     command = [sys.executable, "-m", "deluge_nb.sim", "--port", "0"]
     command += ["--rpm", "600", "--tokenizer", "none"]
+    command += ["--anthropic-itpm", "1000", "--anthropic-otpm", "500"]
+    command += ["--fault", "429_storm=1", "--storm-seconds", "3"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     process = subprocess.Popen(
         command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
@@ -572,6 +579,21 @@ def test_cli_prints_base_url_and_stops_on_ctrl_c() -> None:
         with urllib.request.urlopen(f"{line}/models", timeout=5) as response:
             assert json.loads(response.read())["data"][0]["id"] == "sim"
 
+        body = {"model": "m", "max_tokens": 5, "messages": user("Hi")}
+        request = urllib.request.Request(
+            f"{line}/messages",
+            data=json.dumps(body).encode(),
+            headers={"content-type": "application/json"},
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=5)
+        with refused.value as error:
+            assert error.code == 429
+            assert error.headers["retry-after"] == "3"  # the storm's length
+            assert error.headers["anthropic-ratelimit-input-tokens-limit"] == "1000"
+            assert error.headers["anthropic-ratelimit-output-tokens-limit"] == "500"
+            assert json.loads(error.read())["error"]["type"] == "rate_limit_error"
+
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=10) == 0
     finally:
@@ -581,6 +603,672 @@ def test_cli_prints_base_url_and_stops_on_ctrl_c() -> None:
         for stream in (process.stdout, process.stderr):
             if stream is not None:
                 stream.close()
+
+
+def test_cli_fault_flags_build_the_config() -> None:
+    args = _parser().parse_args(
+        ["--fault", "503=0.1", "--fault", "reset=0.05", "--fault-retry-after", "2"]
+    )
+    config = _config_from_args(args)
+
+    assert dict(config.faults) == {"503": 0.1, "reset": 0.05}
+    assert config.fault_retry_after_s == 2.0
+    assert config.storm_s == 5.0
+    assert config.input_tokens_per_minute is None
+    too_many = _parser().parse_args(["--fault", "500=0.7", "--fault", "503=0.7"])
+    with pytest.raises(ValueError, match="sum to at most 1"):
+        _config_from_args(too_many)
+
+
+@pytest.mark.parametrize("flag", ["404=0.1", "500", "500=often"])
+def test_cli_rejects_malformed_fault_flags(
+    flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        _parser().parse_args(["--fault", flag])
+
+    assert exited.value.code == 2
+    assert "--fault" in capsys.readouterr().err
+
+
+# --- Anthropic format ----------------------------------------------------------
+
+WALL = 1_796_314_800.25  # 2026-12-03T16:20:00.25Z
+
+
+def stamp(unix_seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix_seconds))
+
+
+async def post_messages(
+    session: aiohttp.ClientSession,
+    sim: SimServer,
+    content: str = "Say something.",
+    *,
+    max_tokens: int = 64,
+    **body: Any,
+) -> Reply:
+    payload = {
+        "model": "sim-claude",
+        "max_tokens": max_tokens,
+        "messages": user(content),
+        **body,
+    }
+    url = f"{sim.base_url}/messages"
+    headers = {"x-api-key": "sk-ant-sim-canary", "anthropic-version": "2023-06-01"}
+    async with session.post(url, json=payload, headers=headers) as response:
+        return response.status, CIMultiDict(response.headers), await response.json()
+
+
+async def test_anthropic_reply_shape_and_determinism(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    system_blocks = [{"type": "text", "text": "Be brief."}]
+    with serve(seed=7, tokenizer=None) as sim:
+        async with aiohttp.ClientSession() as session:
+            status, headers, first = await post_messages(
+                session, sim, "Hello there", system="Be brief."
+            )
+            _, _, as_blocks = await post_messages(
+                session, sim, "Hello there", system=system_blocks
+            )
+            _, _, no_system = await post_messages(session, sim, "Hello there")
+            _, _, capped = await post_messages(session, sim, "Go on", max_tokens=3)
+            _, _, echoed = await post_messages(
+                session, sim, "[[sim:echo]] Bonjour", temperature=0.5
+            )
+        stats = sim.stats()
+
+    assert status == 200
+    assert headers["Content-Type"].startswith("application/json")
+    assert first["type"] == "message"
+    assert first["role"] == "assistant"
+    assert first["id"].startswith("msg_")
+    assert first["model"] == "sim-claude"
+    assert first["stop_reason"] == "end_turn"
+    assert first["stop_sequence"] is None
+    [block] = first["content"]
+    assert block["type"] == "text"
+    text = block["text"]
+    assert first["usage"] == {
+        "input_tokens": count_message_tokens(
+            [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Hello there"},
+            ],
+            None,
+        ),
+        "output_tokens": count_text_tokens(text, None),
+        "cache_read_input_tokens": 0,
+        "cache_creation_input_tokens": 0,
+    }
+
+    # The same system prompt as text blocks is the same request.
+    assert as_blocks["content"] == first["content"]
+    assert as_blocks["usage"] == first["usage"]
+    assert no_system["content"][0]["text"] != text
+    assert no_system["usage"]["input_tokens"] < first["usage"]["input_tokens"]
+
+    assert capped["stop_reason"] == "max_tokens"
+    assert capped["usage"]["output_tokens"] <= 3
+    assert echoed["content"][0]["text"] == "Bonjour"
+
+    assert stats["by_format"]["anthropic"] == {
+        "requests": 5,
+        "ok": 5,
+        "rate_limited": 0,
+    }
+    assert stats["by_format"]["openai"]["requests"] == 0
+    # x-api-key is accepted and never logged.
+    assert not [r for r in caplog.records if "canary" in r.getMessage()]
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (b"{not json", "parse the JSON body"),
+        (b"[1, 2]", "JSON object"),
+        (
+            b'{"model": "m", "messages": [{"role": "user", "content": "x"}]}',
+            "max_tokens",
+        ),
+        (b'{"max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}', "model"),
+        (b'{"model": "m", "max_tokens": 0, "messages": []}', "max_tokens"),
+        (b'{"model": "m", "max_tokens": 5, "messages": []}', "messages"),
+        (
+            b'{"model": "m", "max_tokens": 5, "messages": '
+            b'[{"role": "system", "content": "x"}]}',
+            "top-level `system`",
+        ),
+        (
+            b'{"model": "m", "max_tokens": 5, "messages": '
+            b'[{"role": "tool", "content": "x"}]}',
+            "messages.0.role",
+        ),
+        (
+            b'{"model": "m", "max_tokens": 5, "messages": '
+            b'[{"role": "user", "content": 3}]}',
+            "messages.0.content",
+        ),
+        (
+            b'{"model": "m", "max_tokens": 5, "system": [{"text": "x"}], '
+            b'"messages": [{"role": "user", "content": "x"}]}',
+            "system",
+        ),
+        (
+            b'{"model": "m", "max_tokens": 5, "temperature": 1.5, '
+            b'"messages": [{"role": "user", "content": "x"}]}',
+            "temperature",
+        ),
+        (
+            b'{"model": "m", "max_tokens": 5, "messages": '
+            b'[{"role": "user", "content": "[[sim:explode]]"}]}',
+            "simulator directive",
+        ),
+    ],
+)
+async def test_malformed_anthropic_requests_get_anthropic_style_400(
+    body: bytes, fragment: str
+) -> None:
+    with serve(tokenizer=None) as sim:
+        async with aiohttp.ClientSession() as session:
+            url = f"{sim.base_url}/messages"
+            async with session.post(url, data=body) as response:
+                status, payload = response.status, await response.json()
+
+    assert status == 400
+    assert payload["type"] == "error"
+    assert payload["error"]["type"] == "invalid_request_error"
+    assert fragment in payload["error"]["message"]
+
+
+async def test_anthropic_context_window_and_forced_statuses() -> None:
+    content = "word " * 40
+    tokens = prompt_tokens(content)
+    with serve(context_window=50, tokenizer=None) as sim:
+        async with aiohttp.ClientSession() as session:
+            too_long = await post_messages(session, sim, content, max_tokens=40)
+            overloaded = await post_messages(session, sim, "[[sim:status=529]]")
+            limited = await post_messages(
+                session, sim, "[[sim:status=429]][[sim:retry_after=2]]"
+            )
+            server = await post_messages(session, sim, "[[sim:status=503]]")
+            missing = await post_messages(session, sim, "[[sim:status=404]]")
+
+    assert too_long[0] == 400
+    assert too_long[2]["error"]["message"] == (
+        f"input length and `max_tokens` exceed context limit: {tokens} + 40 > 50, "
+        "decrease input length or `max_tokens` and try again"
+    )
+    assert overloaded[0] == 529
+    assert overloaded[2]["error"]["type"] == "overloaded_error"
+    assert limited[0] == 429
+    assert limited[2]["error"]["type"] == "rate_limit_error"
+    assert limited[1]["retry-after"] == "2"
+    assert server[2]["error"]["type"] == "api_error"
+    assert missing[2]["error"]["type"] == "not_found_error"
+
+
+async def test_anthropic_latency_model() -> None:
+    with serve(latency_s=0.1, latency_per_output_token_s=0.004, tokenizer=None) as sim:
+        async with aiohttp.ClientSession() as session:
+            started = time.monotonic()
+            _, _, reply = await post_messages(session, sim, "Hi")
+            elapsed = time.monotonic() - started
+
+    assert elapsed >= 0.1 + 0.004 * reply["usage"]["output_tokens"]
+
+
+# --- Anthropic limits ----------------------------------------------------------
+
+
+async def test_anthropic_output_tokens_reserve_max_tokens_and_refund() -> None:
+    clock = FakeClock()
+    slow = "[[sim:echo]][[sim:sleep=0.3]] one two three"
+    with serve(
+        requests_per_minute=60,
+        input_tokens_per_minute=60_000,
+        output_tokens_per_minute=6_000,  # a burst of 200, refilling 100/s
+        tokenizer=None,
+        clock=clock,
+        wall_clock=lambda: WALL,
+    ) as sim:
+        async with aiohttp.ClientSession() as session:
+            slow_task = asyncio.create_task(
+                post_messages(session, sim, slow, max_tokens=150)
+            )
+            await wait_for(lambda: sim.stats()["in_flight"] == 1)
+            # 150 of the 200 are reserved while the slow one runs.
+            refused = await post_messages(session, sim, "Hi", max_tokens=100)
+            slow_reply = await slow_task
+            # Its unused 146 came back, so the same request now fits.
+            fast = await post_messages(session, sim, "[[sim:echo]] Hi", max_tokens=100)
+
+    status, headers, body = refused
+    assert status == 429
+    assert body["type"] == "error"
+    assert body["error"]["type"] == "rate_limit_error"
+    assert "6000 output tokens per minute" in body["error"]["message"]
+    assert "try again in 500ms" in body["error"]["message"]  # 50 missing at 100/s
+    assert headers["retry-after"] == "1"
+    assert "retry-after-ms" not in headers
+    assert headers["anthropic-ratelimit-output-tokens-remaining"] == str(6000 - 150)
+
+    slow_out = slow_reply[2]["usage"]["output_tokens"]
+    assert slow_reply[2]["content"][0]["text"] == "one two three"
+    assert slow_out == count_text_tokens("one two three", None)
+    fast_out = fast[2]["usage"]["output_tokens"]
+    assert fast[0] == 200
+
+    used_out = slow_out + fast_out
+    used_in = slow_reply[2]["usage"]["input_tokens"] + fast[2]["usage"]["input_tokens"]
+    h = fast[1]
+    assert h["anthropic-ratelimit-requests-limit"] == "60"
+    assert h["anthropic-ratelimit-requests-remaining"] == "58"  # the 429 took none
+    # 2 s until the requests bucket is full, rounded up to the second.
+    assert h["anthropic-ratelimit-requests-reset"] == stamp(math.ceil(WALL + 2))
+    assert h["anthropic-ratelimit-input-tokens-limit"] == "60000"
+    assert h["anthropic-ratelimit-input-tokens-remaining"] == str(60_000 - used_in)
+    assert h["anthropic-ratelimit-output-tokens-limit"] == "6000"
+    assert h["anthropic-ratelimit-output-tokens-remaining"] == str(6000 - used_out)
+    # used_out tokens refill at 100/s; the stamp is rounded up to the second.
+    out_reset = stamp(math.ceil(WALL + used_out / 100))
+    assert h["anthropic-ratelimit-output-tokens-reset"] == out_reset
+    # Output is the tighter of the two, so the tokens-* headers repeat it.
+    assert h["anthropic-ratelimit-tokens-limit"] == "6000"
+    assert h["anthropic-ratelimit-tokens-remaining"] == str(6000 - used_out)
+    assert h["anthropic-ratelimit-tokens-reset"] == out_reset
+    assert not [name for name in h if name.lower().startswith("x-ratelimit")]
+
+
+async def test_anthropic_input_tokens_and_requests_buckets() -> None:
+    clock = FakeClock()
+    content = "word " * 120
+    tokens = prompt_tokens(content)  # about 160; the burst holds 200
+    with serve(
+        requests_per_minute=60,
+        input_tokens_per_minute=6_000,
+        tokenizer=None,
+        clock=clock,
+        wall_clock=lambda: WALL,
+    ) as sim:
+        async with aiohttp.ClientSession() as session:
+            first = await post_messages(session, sim, content)
+            second = await post_messages(session, sim, content)
+            clock.advance(tokens / 100 - 0.4)  # the 200 - tokens left, plus refill
+            third = await post_messages(session, sim, content)
+            huge = await post_messages(session, sim, "word " * 5000)
+            clock.advance(0.5)  # half a request, and 50 input tokens
+            small = [await post_messages(session, sim, "x") for _ in range(2)]
+
+    assert first[0] == 200
+    status, headers, body = second
+    assert status == 429
+    assert "input tokens per minute" in body["error"]["message"]
+    missing = tokens - (200 - tokens)
+    assert headers["retry-after"] == str(math.ceil(missing / 100))
+    assert headers["anthropic-ratelimit-input-tokens-remaining"] == str(6000 - tokens)
+    assert "anthropic-ratelimit-output-tokens-limit" not in headers
+    # With only an input limit, the tokens-* headers describe it.
+    assert headers["anthropic-ratelimit-tokens-limit"] == "6000"
+
+    assert third[0] == 200
+    assert huge[0] == 429
+    assert "Request too large for input tokens" in huge[2]["error"]["message"]
+    assert huge[1]["x-should-retry"] == "false"
+    assert "retry-after" not in huge[1]
+    # The requests bucket holds 2 and refills 1/s: 1.5 covers one more only.
+    assert [s for s, _, _ in small] == [200, 429]
+    assert "60 requests per minute" in small[1][2]["error"]["message"]
+    assert small[1][1]["retry-after"] == "1"
+
+
+async def test_openai_and_anthropic_limits_are_separate() -> None:
+    clock = FakeClock()
+    with serve(
+        requests_per_minute=60,
+        tokens_per_minute=100,
+        output_tokens_per_minute=6000,
+        tokenizer=None,
+        clock=clock,
+    ) as sim:
+        async with aiohttp.ClientSession() as session:
+            anthropic = await post_messages(session, sim, "Hi", max_tokens=500)
+            openai = await post(session, sim, "Hi", max_tokens=500)
+            openai_ok = await post(session, sim, "Hi", max_tokens=20)
+            anthropic_again = await post_messages(session, sim, "Hi", max_tokens=5)
+        stats = sim.stats()
+
+    # tokens_per_minute limits only the OpenAI endpoint.
+    assert anthropic[0] == 200
+    assert openai[0] == 429
+    assert "Request too large for tokens per min" in openai[2]["error"]["message"]
+    # Each format has its own requests bucket.
+    assert openai_ok[1]["x-ratelimit-remaining-requests"] == "59"
+    assert anthropic_again[1]["anthropic-ratelimit-requests-remaining"] == "58"
+    assert "anthropic-ratelimit-requests-limit" not in openai_ok[1]
+    assert stats["by_format"] == {
+        "openai": {"requests": 2, "ok": 1, "rate_limited": 1},
+        "anthropic": {"requests": 2, "ok": 2, "rate_limited": 0},
+    }
+
+    sim.set_limits(input_tokens_per_minute=600, output_tokens_per_minute=None)
+    assert sim.config.input_tokens_per_minute == 600
+    assert sim.config.output_tokens_per_minute is None
+    assert sim.config.tokens_per_minute == 100  # left out, so kept
+    with pytest.raises(ValueError, match="output_tokens_per_minute"):
+        sim.set_limits(output_tokens_per_minute=0)
+
+
+# --- faults --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("faults", "match"),
+    [
+        ({"404": 0.1}, "unknown fault kind '404'"),
+        ({"500": 1.5}, r"in \[0, 1\]"),
+        ({"500": -0.1}, r"in \[0, 1\]"),
+        ({"500": True}, "must be a number"),
+        ({"500": "0.1"}, "must be a number"),
+        ({"500": 0.6, "reset": 0.3, "429_storm": 0.2}, "sum to at most 1"),
+    ],
+)
+def test_fault_rates_are_validated(faults: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        SimConfig(faults=faults)
+
+
+def test_fault_config_is_a_read_only_copy() -> None:
+    rates = {"500": 0.5, "hang": 0.5}  # summing to exactly 1 is fine
+    config = SimConfig(faults=rates)
+    rates["500"] = 0.9
+
+    assert dict(config.faults) == {"500": 0.5, "hang": 0.5}
+    with pytest.raises(TypeError):
+        config.faults["500"] = 1.0  # type: ignore[index]
+    with pytest.raises(ValueError, match="storm_s"):
+        SimConfig(storm_s=0)
+    with pytest.raises(ValueError, match="fault_retry_after_s"):
+        SimConfig(fault_retry_after_s=-1)
+
+
+@pytest.mark.parametrize(
+    ("kind", "openai_type", "anthropic_type"),
+    [
+        ("500", "server_error", "api_error"),
+        ("502", "server_error", "api_error"),
+        ("503", "server_error", "api_error"),
+        ("529", "server_error", "overloaded_error"),
+    ],
+)
+async def test_status_faults_answer_in_each_format_and_take_no_budget(
+    kind: str, openai_type: str, anthropic_type: str
+) -> None:
+    clock = FakeClock()
+    with serve(
+        requests_per_minute=60, faults={kind: 1.0}, tokenizer=None, clock=clock
+    ) as sim:
+        async with aiohttp.ClientSession() as session:
+            openai = [await post(session, sim) for _ in range(3)]
+            anthropic = [await post_messages(session, sim) for _ in range(3)]
+            # A directive wins over the injected fault.
+            exempt = await post(session, sim, "[[sim:echo]] passes")
+        stats = sim.stats()
+
+    status = int(kind)
+    for code, headers, body in openai:
+        assert code == status
+        assert body["error"]["type"] == openai_type
+        assert headers["x-ratelimit-remaining-requests"] == "60"
+    for code, headers, body in anthropic:
+        assert code == status
+        assert body["type"] == "error"
+        assert body["error"]["type"] == anthropic_type
+        assert headers["anthropic-ratelimit-requests-remaining"] == "60"
+    assert exempt[0] == 200
+    assert exempt[2]["choices"][0]["message"]["content"] == "passes"
+    assert exempt[1]["x-ratelimit-remaining-requests"] == "59"
+
+    assert stats["faults"] == {kind: 6}
+    assert stats["errors_by_status"] == {status: 6}
+    assert stats["ok"] == 1
+    assert stats["requests"] == 7
+
+
+async def test_429_fault_carries_the_configured_retry_after() -> None:
+    with serve(faults={"429": 1.0}, fault_retry_after_s=2.5, tokenizer=None) as sim:
+        async with aiohttp.ClientSession() as session:
+            openai = await post(session, sim)
+            anthropic = await post_messages(session, sim)
+        stats = sim.stats()
+
+    for status, headers, _ in (openai, anthropic):
+        assert status == 429
+        assert headers["retry-after"] == "3"
+        assert headers["retry-after-ms"] == "2500"
+    assert openai[2]["error"]["code"] == "rate_limit_exceeded"
+    assert anthropic[2]["error"]["type"] == "rate_limit_error"
+    assert "try again in 2.5s" in anthropic[2]["error"]["message"]
+    assert stats["faults"] == {"429": 2}
+    assert stats["rate_limited"] == 2
+
+
+@pytest.mark.parametrize("wire", ["openai", "anthropic"])
+async def test_reset_fault_drops_the_connection_without_a_status(wire: str) -> None:
+    send = post if wire == "openai" else post_messages
+    with serve(faults={"reset": 1.0}, tokenizer=None) as sim:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(2):
+                with pytest.raises(aiohttp.ClientConnectionError):
+                    await send(session, sim)
+            survivor = await send(session, sim, "[[sim:echo]] still here")
+        await wait_for(lambda: sim.stats()["in_flight"] == 0)
+        stats = sim.stats()
+
+    assert survivor[0] == 200
+    assert stats["faults"] == {"reset": 2}
+    assert stats["errors_by_status"] == {}
+    assert stats["disconnected"] == 0
+    assert stats["requests"] == 3
+    assert stats["ok"] == 1
+
+
+async def test_hang_fault_is_admitted_and_never_answers() -> None:
+    clock = FakeClock()
+    with serve(
+        requests_per_minute=60, faults={"hang": 1.0}, tokenizer=None, clock=clock
+    ) as sim:
+        timeout = aiohttp.ClientTimeout(total=0.3)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            with pytest.raises(asyncio.TimeoutError):
+                await post_messages(session, sim)
+        async with aiohttp.ClientSession() as session:
+            after = await post_messages(session, sim, "[[sim:echo]] ok")
+        await wait_for(lambda: sim.stats()["in_flight"] == 0)
+        stats = sim.stats()
+
+    assert after[0] == 200
+    # The hung request took its share of the budget: 60 - 1 - 1.
+    assert after[1]["anthropic-ratelimit-requests-remaining"] == "58"
+    assert stats["faults"] == {"hang": 1}
+    assert stats["disconnected"] == 1
+
+
+@pytest.mark.parametrize("wire", ["openai", "anthropic"])
+async def test_truncated_fault_is_a_200_with_half_the_json(wire: str) -> None:
+    path = "/chat/completions" if wire == "openai" else "/messages"
+    payload = {"model": "m", "max_tokens": 30, "messages": user("Tell me more")}
+
+    async def raw(sim: SimServer) -> tuple[int, str, bytes]:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(sim.base_url + path, json=payload) as response:
+                return response.status, response.content_type, await response.read()
+
+    with serve(seed=3, tokenizer=None) as clean:
+        _, _, whole = await raw(clean)
+    with serve(seed=3, faults={"truncated": 1.0}, tokenizer=None) as sim:
+        status, content_type, cut = await raw(sim)
+        stats = sim.stats()
+
+    assert status == 200
+    assert content_type == "application/json"
+    assert len(cut) == len(whole) // 2  # ids and stamps have fixed widths
+    assert cut.startswith(b"{")
+    with pytest.raises(ValueError):
+        json.loads(cut)
+    assert json.loads(whole)["model"] == "m"
+    assert stats["faults"] == {"truncated": 1}
+    assert stats["ok"] == 0
+    assert stats["errors_by_status"] == {}
+
+
+async def test_faults_follow_the_seed_and_arrival_order() -> None:
+    faults = {"500": 0.2, "429": 0.15, "truncated": 0.1, "reset": 0.05}
+
+    async def outcomes(seed: int) -> tuple[list[str], dict[str, Any]]:
+        seen = []
+        with serve(seed=seed, faults=faults, tokenizer=None) as sim:
+            async with aiohttp.ClientSession() as session:
+                for i in range(60):
+                    send = post if i % 2 else post_messages
+                    try:
+                        status, _, _ = await send(session, sim, f"Prompt {i}")
+                    except aiohttp.ClientConnectionError:
+                        seen.append("reset")
+                    except json.JSONDecodeError:
+                        seen.append("truncated")
+                    else:
+                        seen.append(str(status))
+            stats = sim.stats()
+        return seen, stats
+
+    first, stats = await outcomes(seed=42)
+    again, _ = await outcomes(seed=42)
+    other, _ = await outcomes(seed=43)
+
+    assert first == again
+    assert first != other
+    counts = {kind: first.count(kind) for kind in ("500", "429", "truncated", "reset")}
+    assert stats["faults"] == counts
+    assert stats["ok"] == first.count("200")
+    # 50 % of requests are meant to fail; 60 draws land well inside 25-75 %.
+    assert 15 <= 60 - first.count("200") <= 45
+    assert all(counts.values())
+
+
+async def test_replies_do_not_depend_on_faults_elsewhere() -> None:
+    prompts = [f"Question number {i}" for i in range(12)]
+    with (
+        serve(seed=5, tokenizer=None) as clean,
+        serve(seed=5, faults={"503": 0.5, "500": 0.2}, tokenizer=None) as flaky,
+    ):
+        async with aiohttp.ClientSession() as session:
+            expected = [
+                (await post_messages(session, clean, p))[2]["content"] for p in prompts
+            ]
+            got = []
+            for prompt in prompts:
+                for _ in range(40):
+                    status, _, body = await post_messages(session, flaky, prompt)
+                    if status == 200:
+                        got.append(body["content"])
+                        break
+        faults = flaky.stats()["faults"]
+
+    assert got == expected
+    assert faults["503"] + faults["500"] > 0
+
+
+async def test_429_storm_refuses_everything_for_storm_seconds() -> None:
+    clock = FakeClock()
+    with serve(
+        requests_per_minute=60,
+        faults={"429_storm": 1.0},
+        storm_s=5,
+        tokenizer=None,
+        clock=clock,
+    ) as sim:
+        async with aiohttp.ClientSession() as session:
+            start = await post(session, sim)
+            clock.advance(2)
+            during = await post_messages(session, sim)
+            exempt = await post(session, sim, "[[sim:echo]] through the storm")
+            clock.advance(2.5)
+            late = await post(session, sim)
+            clock.advance(0.5)  # the storm is over; at rate 1 a new one starts
+            next_storm = await post(session, sim)
+        stats = sim.stats()
+
+    waits = [
+        (status, headers["retry-after"], headers["retry-after-ms"])
+        for status, headers, _ in (start, during, late, next_storm)
+    ]
+    assert waits == [
+        (429, "5", "5000"),
+        (429, "3", "3000"),
+        (429, "1", "500"),
+        (429, "5", "5000"),
+    ]
+    assert "429 storm" in during[2]["error"]["message"]
+    assert during[2]["error"]["type"] == "rate_limit_error"
+    assert exempt[0] == 200
+    assert exempt[1]["x-ratelimit-remaining-requests"] == "59"  # storms take none
+    assert stats["faults"] == {"429_storm": 4}
+    assert stats["storms"] == 2
+    assert stats["rate_limited"] == 4
+
+
+async def test_a_storm_refuses_requests_whatever_they_draw() -> None:
+    clock = FakeClock()
+    with serve(
+        seed=1, faults={"429_storm": 0.2}, storm_s=4, tokenizer=None, clock=clock
+    ) as sim:
+        async with aiohttp.ClientSession() as session:
+            timeline = []
+            for _ in range(40):
+                status, headers, _ = await post(session, sim)
+                timeline.append((status, headers.get("retry-after-ms")))
+                clock.advance(1)
+        stats = sim.stats()
+
+    starts = [i for i, (_, ms) in enumerate(timeline) if ms == "4000"]
+    assert starts, "seed 1 starts at least one storm in 40 draws"
+    for i in starts:
+        # The start and the 3 requests after it (1 s apart) are refused.
+        expected = [(429, "4000"), (429, "3000"), (429, "2000"), (429, "1000")]
+        assert timeline[i : i + 4] == expected[: len(timeline[i : i + 4])]
+    assert stats["storms"] == len(starts)
+    assert stats["ok"] == sum(1 for status, _ in timeline if status == 200)
+    assert stats["ok"] >= 10
+
+
+async def test_stats_track_concurrency_and_fault_counters_reset() -> None:
+    with serve(faults={"503": 0.0, "reset": 0.0}, tokenizer=None) as sim:
+        async with aiohttp.ClientSession() as session:
+            slow = [
+                post_messages(session, sim, "[[sim:sleep=0.2]] slow"),
+                post(session, sim, "[[sim:sleep=0.2]] slow"),
+                post_messages(session, sim, "[[sim:sleep=0.2]] slow"),
+            ]
+            await asyncio.gather(*slow)
+            async with session.get(f"{sim.url}/stats") as response:
+                over_http = await response.json()
+        stats = sim.stats()
+        sim.reset_stats()
+        after = sim.stats()
+
+    assert stats["max_in_flight"] == 3
+    assert stats["in_flight"] == 0
+    assert stats["faults"] == {"503": 0, "reset": 0}  # configured kinds, none hit
+    assert over_http["by_format"] == {
+        "openai": {"requests": 1, "ok": 1, "rate_limited": 0},
+        "anthropic": {"requests": 2, "ok": 2, "rate_limited": 0},
+    }
+    assert after["max_in_flight"] == 0
+    assert after["by_format"]["anthropic"]["requests"] == 0
+    assert after["storms"] == 0
 
 
 # --- buckets and durations, with a fake clock ---------------------------------
@@ -665,6 +1353,21 @@ def test_bucket_remaining_reconfigure_and_float_edges() -> None:
 )
 def test_format_go_duration(seconds: float, text: str) -> None:
     assert format_go_duration(seconds) == text
+
+
+@pytest.mark.parametrize(
+    ("unix_seconds", "text"),
+    [
+        (0, "1970-01-01T00:00:00Z"),
+        (1_796_314_800, "2026-12-03T16:20:00Z"),
+        (1_796_314_800.000_000_000_1, "2026-12-03T16:20:00Z"),
+        (1_796_314_800.001, "2026-12-03T16:20:01Z"),  # rounded up, never early
+        (1_796_314_859.5, "2026-12-03T16:21:00Z"),
+        (1_798_761_599.9, "2027-01-01T00:00:00Z"),
+    ],
+)
+def test_format_rfc3339(unix_seconds: float, text: str) -> None:
+    assert format_rfc3339(unix_seconds) == text
 
 
 # --- helpers -----------------------------------------------------------------

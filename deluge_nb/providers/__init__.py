@@ -7,10 +7,12 @@ It does no I/O of its own; the client sends what it builds.
 
 from __future__ import annotations
 
+from ._anthropic import AnthropicMessages
 from ._base import ParsedResponse, Provider, RequestSpec
 from ._openai import OpenAIChat
 
 _PROVIDERS: dict[str, Provider] = {
+    "anthropic": AnthropicMessages(),
     "openai": OpenAIChat(),
     "openai-compatible": OpenAIChat(),
 }
@@ -21,4 +23,11 @@ def get_provider(name: str) -> Provider:
     return _PROVIDERS[name]
 
 
-__all__ = ["OpenAIChat", "ParsedResponse", "Provider", "RequestSpec", "get_provider"]
+__all__ = [
+    "AnthropicMessages",
+    "OpenAIChat",
+    "ParsedResponse",
+    "Provider",
+    "RequestSpec",
+    "get_provider",
+]

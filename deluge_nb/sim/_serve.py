@@ -21,7 +21,10 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from deluge_nb.sim._app import STATE_KEY, Clock, SimConfig, SimState, make_app
+from deluge_nb.sim._app import make_app
+from deluge_nb.sim._bucket import Clock
+from deluge_nb.sim._config import SimConfig
+from deluge_nb.sim._state import STATE_KEY, SimState
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +72,11 @@ class SimServer:
 
     @property
     def base_url(self) -> str:
-        """OpenAI-style base URL, ``url + "/v1"``; give it to a client."""
+        """The API root, ``url + "/v1"``; give it to a client.
+
+        OpenAI clients post to ``base_url + "/chat/completions"``, Anthropic
+        clients to ``base_url + "/messages"``.
+        """
         return f"{self.url}/v1"
 
     @property
@@ -88,14 +95,22 @@ class SimServer:
         Returns
         -------
         dict
-            ``requests`` (every chat-completions POST), ``ok`` (200s),
-            ``rate_limited`` (429s), ``errors_by_status`` (status -> count
-            for every non-200 answer, 429s included; int keys here, string
-            keys in the JSON), ``disconnected`` (clients gone before their
-            reply), ``in_flight``, ``max_in_flight``, ``prompt_tokens`` and
-            ``completion_tokens`` (of 200s), and ``admitted_times``: the
-            sorted arrival times of the 200s, in seconds since the server
-            started, for checking rolling windows.
+            ``requests`` (every chat POST, both formats), ``ok`` (complete
+            200s), ``rate_limited`` (429s, injected ones included),
+            ``errors_by_status`` (status -> count for every non-200 answer,
+            429s included; int keys here, string keys in the JSON),
+            ``disconnected`` (clients gone before their reply), ``in_flight``,
+            ``max_in_flight``, ``prompt_tokens`` and ``completion_tokens``
+            (of complete 200s), ``admitted_times`` (the sorted arrival times
+            of the complete 200s, in seconds since the server started, for
+            checking rolling windows), ``faults`` (injected fault kind ->
+            count, every configured kind present), ``storms`` (429 storms
+            started) and ``by_format`` (``"openai"`` and ``"anthropic"``,
+            each with ``requests``, ``ok`` and ``rate_limited``).
+
+            A ``reset`` fault's request is in ``requests`` and ``faults``
+            only; a ``truncated`` one is not in ``ok`` nor in
+            ``errors_by_status``; a ``hang`` ends in ``disconnected``.
         """
         return self._call(self._state.stats.snapshot)
 
@@ -108,6 +123,8 @@ class SimServer:
         *,
         requests_per_minute: float | None | EllipsisType = ...,
         tokens_per_minute: float | None | EllipsisType = ...,
+        input_tokens_per_minute: float | None | EllipsisType = ...,
+        output_tokens_per_minute: float | None | EllipsisType = ...,
     ) -> None:
         """Change the limits while the server runs.
 
@@ -118,21 +135,23 @@ class SimServer:
             the current one. A bucket that stays limited keeps its fill
             level as a fraction of its capacity; a newly limited one starts
             full.
+        input_tokens_per_minute, output_tokens_per_minute : float or None, optional
+            The Anthropic endpoint's token limits, changed the same way.
         """
         current = self._state.config
-        requests = (
-            current.requests_per_minute
-            if requests_per_minute is ...
-            else requests_per_minute
-        )
-        tokens = (
-            current.tokens_per_minute if tokens_per_minute is ... else tokens_per_minute
-        )
+        requests = _keep(requests_per_minute, current.requests_per_minute)
+        tokens = _keep(tokens_per_minute, current.tokens_per_minute)
+        inputs = _keep(input_tokens_per_minute, current.input_tokens_per_minute)
+        outputs = _keep(output_tokens_per_minute, current.output_tokens_per_minute)
         # Validate here, in the caller's thread, so a bad value raises to it.
         dataclasses.replace(
-            current, requests_per_minute=requests, tokens_per_minute=tokens
+            current,
+            requests_per_minute=requests,
+            tokens_per_minute=tokens,
+            input_tokens_per_minute=inputs,
+            output_tokens_per_minute=outputs,
         )
-        self._call(lambda: self._state.set_limits(requests, tokens))
+        self._call(lambda: self._state.set_limits(requests, tokens, inputs, outputs))
 
     def close(self) -> None:
         """Stop a server started by `serve` and join its thread.
@@ -179,6 +198,11 @@ class SimServer:
 
         self._loop.call_soon_threadsafe(run)
         return future.result(timeout=_THREAD_TIMEOUT_S)
+
+
+def _keep(value: float | None | EllipsisType, current: float | None) -> float | None:
+    """`value`, or `current` when the caller left it out (``...``)."""
+    return current if value is ... else value
 
 
 def _config(config: SimConfig | None, overrides: dict[str, Any]) -> SimConfig:
@@ -278,6 +302,7 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 0,
     clock: Clock | None = None,
+    wall_clock: Clock | None = None,
     **config_overrides: Any,
 ) -> SimServer:
     """Start a simulator in a background thread.
@@ -295,7 +320,11 @@ def serve(
     port : int
         Port to listen on; 0 picks a free one (see ``sim.port``).
     clock : callable, optional
-        Time source of the rate-limit buckets (see `make_app`); a test seam.
+        Time source of the rate-limit buckets and storms (see `make_app`);
+        a test seam.
+    wall_clock : callable, optional
+        Unix time of the Anthropic reset stamps (see `make_app`); a test
+        seam.
     **config_overrides
         `SimConfig` fields that replace those of `config`.
 
@@ -304,7 +333,9 @@ def serve(
     SimServer
         The running server's handle.
     """
-    app = make_app(_config(config, config_overrides), clock=clock)
+    app = make_app(
+        _config(config, config_overrides), clock=clock, wall_clock=wall_clock
+    )
     thread = _ServerThread(app, host, port)
     loop = thread.start()
     return SimServer(app[STATE_KEY], loop, host, thread.port, thread.stop)
@@ -317,6 +348,7 @@ async def serve_async(
     host: str = "127.0.0.1",
     port: int = 0,
     clock: Clock | None = None,
+    wall_clock: Clock | None = None,
     **config_overrides: Any,
 ) -> AsyncIterator[SimServer]:
     """Run a simulator on the running event loop for the ``async with`` block.
@@ -328,7 +360,9 @@ async def serve_async(
     SimServer
         The running server's handle.
     """
-    app = make_app(_config(config, config_overrides), clock=clock)
+    app = make_app(
+        _config(config, config_overrides), clock=clock, wall_clock=wall_clock
+    )
     runner, bound = await _start(app, host, port)
     server = SimServer(app[STATE_KEY], asyncio.get_running_loop(), host, bound)
     try:
