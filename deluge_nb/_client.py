@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
 from . import _runner
+from ._budget import Budget
+from ._cache import ResponseCache, resolve_cache
 from ._errors import ConfigurationError
 from ._job import Job
 from ._limits import Limiter, get_limiter, limiter_key
@@ -22,6 +24,8 @@ from ._stats import StatsSnapshot
 from ._types import Completion
 
 logger = logging.getLogger(__name__)
+
+CacheOption = bool | str | os.PathLike[str] | ResponseCache | None
 
 T = TypeVar("T")
 
@@ -67,6 +71,16 @@ class LLMClient:
     errors
         ``"store"`` (failures go to the row's ``error``) or ``"raise"``
         (the first failure stops the job and is raised).
+    cache
+        True (the default): the shared SQLite cache in the user's cache
+        directory (``DELUGE_NB_CACHE_DIR`` moves it; ``DELUGE_NB_CACHE=off``
+        turns the default off); a path; a ``ResponseCache``; or False. A
+        request answered from the cache spends no budget and is marked
+        ``cached``.
+    max_cost
+        USD this client's job may spend at most; each request reserves its
+        worst case before it is sent, and sending stops before the budget
+        could be exceeded.
     """
 
     def __init__(
@@ -86,6 +100,8 @@ class LLMClient:
         progress: Any = "auto",
         api_key: str | None = None,
         errors: ErrorsMode = "store",
+        cache: CacheOption = True,
+        max_cost: float | None = None,
     ) -> None:
         names = (
             [model_or_models]
@@ -115,6 +131,9 @@ class LLMClient:
         self.errors: ErrorsMode = errors
         self._api_key = api_key
         self._rng = random.Random()
+        self.cache = resolve_cache(_default_cache_setting(cache))
+        self.max_cost = max_cost
+        Budget(max_cost)  # validates
 
         first = self.models[0]
         self.limiter: Limiter = get_limiter(
@@ -170,7 +189,7 @@ class LLMClient:
         prompts: Sequence[Prompt],
         *,
         show_progress: bool = True,
-        finalize: Callable[[list[Completion]], T] | None = None,
+        finalize: Callable[[list[Completion], StatsSnapshot], T] | None = None,
     ) -> Job[Any]:
         """Start a job and return its handle at once."""
         job: Job[Any] = Job(
@@ -183,6 +202,10 @@ class LLMClient:
     def stats(self) -> StatsSnapshot | None:
         """The latest job's counters, readable while it runs."""
         return None if self._last_job is None else self._last_job.stats
+
+    def request_params(self) -> dict[str, Any]:
+        """Sampling parameters sent with every request (None: left out)."""
+        return {"max_tokens": self.max_tokens, "temperature": self.temperature}
 
     # -- helpers used by the job -----------------------------------------
 
@@ -209,3 +232,15 @@ class LLMClient:
                 messages.insert(0, {"role": "system", "content": self.system})
             return messages
         return [dict(m) for m in prompt]
+
+
+def _default_cache_setting(cache: CacheOption) -> CacheOption:
+    """``DELUGE_NB_CACHE=off`` turns the default cache off (tests, CI)."""
+    if cache is True and os.environ.get("DELUGE_NB_CACHE", "").lower() in (
+        "0",
+        "off",
+        "false",
+        "no",
+    ):
+        return False
+    return cache

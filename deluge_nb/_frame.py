@@ -21,12 +21,15 @@ from ._client import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_TOKENS,
     DEFAULT_TIMEOUT_S,
+    CacheOption,
     ErrorsMode,
     LLMClient,
     Prompt,
 )
 from ._errors import ConfigurationError
+from ._estimate import Estimate, estimate_prompts
 from ._job import Job
+from ._stats import StatsSnapshot
 from ._types import RESULT_COLUMNS, Completion
 
 RESULT_DTYPES = {
@@ -136,9 +139,16 @@ def result_names(frame: pd.DataFrame, prefix: str) -> dict[str, str]:
 
 
 def attach_results(
-    frame: pd.DataFrame, results: Sequence[Completion], prefix: str = ""
+    frame: pd.DataFrame,
+    results: Sequence[Completion],
+    stats: StatsSnapshot | None = None,
+    *,
+    prefix: str = "",
 ) -> pd.DataFrame:
-    """A copy of ``frame`` with the result columns, matched by position."""
+    """A copy of ``frame`` with the result columns, matched by position.
+
+    The job's totals, when given, go to ``out.attrs["deluge"]``.
+    """
     names = result_names(frame, prefix)
     out = frame.copy()
     for column, name in names.items():
@@ -146,6 +156,8 @@ def attach_results(
         # An array, not a Series: assignment is then by position, whatever
         # the index looks like.
         out[name] = pd.array(values, dtype=RESULT_DTYPES[column])
+    if stats is not None:
+        out.attrs["deluge"] = stats.summary()
     return out
 
 
@@ -175,7 +187,10 @@ class _Accessor:
         prefix: str = "",
         errors: ErrorsMode = "store",
         api_key: str | None = None,
-    ) -> pd.DataFrame:
+        cache: CacheOption = True,
+        max_cost: float | None = None,
+        dry_run: bool = False,
+    ) -> pd.DataFrame | Estimate:
         """Send one prompt per row and return the frame with result columns.
 
         Parameters
@@ -208,31 +223,41 @@ class _Accessor:
             first failure stops the job and is raised.
         api_key
             Overrides the model's environment variable.
+        cache
+            True (default): the shared response cache, so re-running sends
+            only rows not yet answered; a path or ``ResponseCache``; False.
+        max_cost
+            USD this call may spend at most; checked before each request.
+        dry_run
+            Send nothing; return ``estimate()``'s report instead.
 
         Returns
         -------
         pandas.DataFrame
             The input's columns, index and order, plus ``response``,
-            ``input_tokens``, ``output_tokens``, ``cost_usd``, ``model``,
-            ``finish_reason``, ``latency_s``, ``attempts``, ``cached`` and
-            ``error``.
+            ``input_tokens``, ``output_tokens``, ``cost_usd`` (what this call
+            paid: 0 for rows from the cache), ``model``, ``finish_reason``,
+            ``latency_s``, ``attempts``, ``cached`` and ``error``. The job's
+            totals are in ``out.attrs["deluge"]``.
         """
-        return self.submit(
-            model,
-            prompt,
-            system=system,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            timeout=timeout,
-            max_attempts=max_attempts,
-            max_requests_per_minute=max_requests_per_minute,
-            max_tokens_per_minute=max_tokens_per_minute,
-            max_concurrent_requests=max_concurrent_requests,
-            progress=progress,
-            prefix=prefix,
-            errors=errors,
-            api_key=api_key,
-        ).result()
+        options: dict[str, Any] = {
+            "system": system,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "timeout": timeout,
+            "max_attempts": max_attempts,
+            "max_requests_per_minute": max_requests_per_minute,
+            "max_tokens_per_minute": max_tokens_per_minute,
+            "max_concurrent_requests": max_concurrent_requests,
+            "progress": progress,
+            "errors": errors,
+            "api_key": api_key,
+            "cache": cache,
+            "max_cost": max_cost,
+        }
+        if dry_run:
+            return self.estimate(model, prompt, **options)
+        return self.submit(model, prompt, prefix=prefix, **options).result()
 
     async def acomplete(
         self,
@@ -246,6 +271,39 @@ class _Accessor:
         own loop is free, so the panel's sliders and buttons stay live.
         """
         return await self.submit(model, prompt, **options)
+
+    def estimate(
+        self,
+        model: str | Sequence[str],
+        prompt: str | None = None,
+        *,
+        expected_output_tokens: int | None = None,
+        **options: Any,
+    ) -> Estimate:
+        """What ``complete`` would send and cost, with no API call.
+
+        Takes the same options as ``complete``. Output is counted at
+        ``max_tokens`` per request (an upper bound) unless
+        ``expected_output_tokens`` is given.
+
+        Returns
+        -------
+        Estimate
+            Totals (tokens, cost realtime and batch, wall time under the
+            limits, rows cached, duplicate, missing or never fitting) and
+            ``.rows``, a per-row frame aligned with this one by position.
+        """
+        options.pop("prefix", None)
+        options.pop("dry_run", None)
+        options["progress"] = None
+        frame, column = self._frame(prompt)
+        prompts = render_prompts(frame, column)
+        client = LLMClient(model, **options)
+        estimate = estimate_prompts(
+            client, prompts, expected_output_tokens=expected_output_tokens
+        )
+        estimate.rows.index = frame.index
+        return estimate
 
     def submit(
         self,

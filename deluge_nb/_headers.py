@@ -62,11 +62,17 @@ def parse_rate_limit_headers(
             reset_s=parse_go_duration(headers.get(f"x-ratelimit-reset-{wire}")),
         )
         prefix = f"anthropic-ratelimit-{wire}"
-        anthropic = ServerLimit(
-            limit=_count(headers.get(f"{prefix}-limit"), positive=True),
-            remaining=_count(headers.get(f"{prefix}-remaining")),
-            reset_s=_rfc3339_in(headers.get(f"{prefix}-reset"), now_unix),
-        )
+        if dimension == "tokens":
+            # Anthropic's tokens-* repeats its most restrictive of input and
+            # output, which have their own buckets here; as a combined
+            # limit it would throttle too hard.
+            anthropic = ServerLimit()
+        else:
+            anthropic = ServerLimit(
+                limit=_count(headers.get(f"{prefix}-limit"), positive=True),
+                remaining=_count(headers.get(f"{prefix}-remaining")),
+                reset_s=_rfc3339_in(headers.get(f"{prefix}-reset"), now_unix),
+            )
         for found in (openai, anthropic):
             if found != ServerLimit():
                 limits[dimension] = found

@@ -29,12 +29,13 @@ import json
 import logging
 import time
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import aiohttp
 
 from . import _runner
+from ._budget import Budget
 from ._errors import (
     APIConnectionError,
     APIStatusError,
@@ -46,11 +47,11 @@ from ._errors import (
 )
 from ._headers import parse_rate_limit_headers
 from ._limits import Reservation
-from ._models import ModelInfo
+from ._plan import PlannedRequest, plan_requests
 from ._progress import close_quietly, drive, make_view
 from ._retry import is_retryable_status, parse_retry_after, retry_delay
 from ._stats import JobStats, StatsSnapshot
-from ._tokens import count_message_tokens, count_text_tokens
+from ._tokens import count_text_tokens
 from ._types import Completion, Usage
 from .providers import ParsedResponse, get_provider
 
@@ -82,7 +83,7 @@ class Job(Generic[T]):
         client: LLMClient,
         prompts: Sequence[Prompt],
         *,
-        finalize: Callable[[list[Completion]], T] | None = None,
+        finalize: Callable[[list[Completion], StatsSnapshot], T] | None = None,
         show_progress: bool = True,
     ) -> None:
         self.client = client
@@ -96,6 +97,8 @@ class Job(Generic[T]):
         self._stop_requested = False
         self._paused = False
         self._resumed: asyncio.Event | None = None
+        self._budget = Budget(client.max_cost)
+        self._stats.max_cost_usd = client.max_cost
         self.progress: Any = None
 
     # -- control ---------------------------------------------------------
@@ -177,7 +180,7 @@ class Job(Generic[T]):
     def _finish(self, completions: list[Completion]) -> T:
         if self._finalize is None:
             return completions  # type: ignore[return-value]
-        return self._finalize(completions)
+        return self._finalize(completions, self._stats.snapshot())
 
     def __repr__(self) -> str:
         snap = self._stats.snapshot()
@@ -273,18 +276,8 @@ def _wait_interruptibly(
                 raise
 
 
-@dataclass(frozen=True)
-class _Row:
-    """One prompt on its way: where it goes and what it reserves."""
-
-    position: int
-    model: ModelInfo
-    messages: list[dict[str, Any]]
-    input_estimate: int
-
-
 class _Run:
-    """The work of one job: dispatch, send, retry, collect."""
+    """The work of one job: cache, dedupe, budget, dispatch, send, retry."""
 
     def __init__(self, job: Job[Any]) -> None:
         client = job.client
@@ -293,16 +286,22 @@ class _Run:
         self.results = job._results
         self.stats = job._stats
         self.limiter = client.limiter
+        self.cache = client.cache
+        self.budget = job._budget
         self.tasks: set[asyncio.Task[None]] = set()
         self.first_error: RequestError | None = None
-        self.params = {
-            "max_tokens": client.max_tokens,
-            "temperature": client.temperature,
-        }
+        self.params = client.request_params()
 
     async def run(self, prompts: Sequence[Prompt]) -> None:
         try:
-            await self._dispatch(prompts)
+            plan = plan_requests(self.client, prompts)
+            for position in plan.missing:
+                self.results[position] = _MISSING
+            self.stats.done += len(plan.missing)
+            self.stats.skipped += len(plan.missing)
+
+            pending = await self._answer_from_cache(plan.requests)
+            await self._dispatch(pending)
             while self.tasks:
                 await asyncio.wait(set(self.tasks))
         except BaseException:
@@ -312,65 +311,105 @@ class _Run:
                 await asyncio.wait(set(self.tasks))
             for position, result in enumerate(self.results):
                 if result is None:
-                    self.results[position] = Completion(error=CANCELLED)
+                    self.results[position] = _CANCELLED
             raise
+        finally:
+            if self.cache is not None:
+                # Finished rows must survive an interrupt or a crash.
+                await self.cache.aflush()
         if self.first_error is not None and self.client.errors == "raise":
             raise self.first_error
 
-    async def _dispatch(self, prompts: Sequence[Prompt]) -> None:
+    async def _answer_from_cache(
+        self, requests: list[PlannedRequest]
+    ) -> list[PlannedRequest]:
+        """Finish the requests the cache answers; return the others."""
+        if self.cache is None:
+            return requests
+        hits = await self.cache.aget_many([r.key for r in requests])
+        if hits:
+            logger.debug("cache answered %d of %d requests", len(hits), len(requests))
+        pending = []
+        for request in requests:
+            hit = hits.get(request.key)
+            if hit is None:
+                pending.append(request)
+                continue
+            # Cached rows cost nothing now; the column says what this run paid.
+            self._finish(request, replace(hit, cost_usd=0.0, cached=True))
+        return pending
+
+    async def _dispatch(self, requests: list[PlannedRequest]) -> None:
         client = self.client
-        models = client.models
-        for position, prompt in enumerate(prompts):
+        for index, request in enumerate(requests):
             if self.first_error is not None and client.errors == "raise":
                 return
-            if prompt is None:
-                self._finish(position, Completion(), skipped=True)
-                continue
-            await self.job._wait_while_paused()
-
-            model = models[position % len(models)]
-            messages = client._messages(prompt)
-            estimate = count_message_tokens(messages, model.tokenizer)
-            row = _Row(position, model, messages, estimate)
-            reserve = estimate + client.max_tokens
-            problem = self._never_fits(row, reserve)
-            if problem is not None:
-                self._fail(
-                    row,
-                    RequestTooLargeError(problem, row=position, model=model.name),
-                    0,
+            if request.problem is not None:
+                error = RequestTooLargeError(
+                    request.problem, row=request.first, model=request.model.name
+                )
+                if self.first_error is None:
+                    self.first_error = error
+                self._finish(
+                    request, Completion(model=request.model.name, error=error.message)
                 )
                 continue
 
-            reservation = await self._acquire(row)
-            task = asyncio.ensure_future(self._send_row(row, reservation))
+            worst_case = self._worst_case_cost(request)
+            if not await self._reserve_money(worst_case):
+                message = self.budget.exhausted_message()
+                logger.info(
+                    "%s; %d requests left unsent", message, len(requests) - index
+                )
+                for unsent in requests[index:]:
+                    self._finish(unsent, Completion(error=message))
+                return
+
+            await self.job._wait_while_paused()
+            reservation = await self._acquire(request)
+            task = asyncio.ensure_future(self._send(request, reservation, worst_case))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
 
-    async def _acquire(self, row: _Row) -> Reservation:
+    def _worst_case_cost(self, request: PlannedRequest) -> float:
+        usage = Usage(
+            input_tokens=request.input_estimate, output_tokens=self.client.max_tokens
+        )
+        return request.model.cost_usd(usage)
+
+    async def _reserve_money(self, worst_case: float) -> bool:
+        """Reserve against max_cost, waiting for in-flight rows to settle."""
+        while not self.budget.try_reserve(worst_case):
+            if not self.tasks:
+                return False
+            await asyncio.wait(set(self.tasks), return_when=asyncio.FIRST_COMPLETED)
+        return True
+
+    async def _acquire(self, request: PlannedRequest) -> Reservation:
         """Wait for the limiter; the request reserves its worst case."""
         max_tokens = self.client.max_tokens
         return await self.limiter.acquire(
-            row.input_estimate + max_tokens,
-            input_tokens=row.input_estimate,
+            request.input_estimate + max_tokens,
+            input_tokens=request.input_estimate,
             output_tokens=max_tokens,
         )
 
-    def _never_fits(self, row: _Row, reserve: int) -> str | None:
-        window = row.model.context_window
-        if window is not None and reserve > window:
-            return (
-                f"prompt of about {row.input_estimate} tokens plus max_tokens="
-                f"{self.client.max_tokens} exceeds the context window of "
-                f"{row.model.name} ({window} tokens)"
-            )
-        return self.limiter.check_fits(
-            reserve,
-            input_tokens=row.input_estimate,
-            output_tokens=self.client.max_tokens,
-        )
+    async def _send(
+        self, request: PlannedRequest, reservation: Reservation, worst_case: float
+    ) -> None:
+        spent = 0.0
+        try:
+            completion = await self._send_with_retries(request, reservation)
+            spent = completion.cost_usd or 0.0
+        finally:
+            self.budget.settle(worst_case, spent)
+        self._finish(request, completion)
+        if completion.error is None and self.cache is not None:
+            await self.cache.aput(request.key, completion)
 
-    async def _send_row(self, row: _Row, reservation: Reservation) -> None:
+    async def _send_with_retries(
+        self, request: PlannedRequest, reservation: Reservation
+    ) -> Completion:
         client = self.client
         attempt = 1
         while True:
@@ -378,7 +417,7 @@ class _Run:
             used: Usage | None = None
             error: RequestError | None = None
             try:
-                parsed, used = await self._attempt(row, attempt, reservation)
+                parsed, used = await self._attempt(request, attempt, reservation)
             except RequestError as exc:
                 error = exc
                 if isinstance(exc, RateLimitError):
@@ -388,29 +427,41 @@ class _Run:
 
             if error is None:
                 assert used is not None
-                self._succeed(row, parsed, used, attempt, time.perf_counter() - started)
-                return
-
-            if isinstance(error, RateLimitError):
-                self.stats.rate_limited += 1
-            if not error.retryable or attempt >= client.max_attempts:
-                self._fail(row, error, attempt)
-                return
+                return Completion(
+                    response=parsed.text,
+                    input_tokens=used.input_tokens,
+                    output_tokens=used.output_tokens,
+                    cost_usd=request.model.cost_usd(used),
+                    model=request.model.name,
+                    finish_reason=parsed.finish_reason,
+                    latency_s=time.perf_counter() - started,
+                    attempts=attempt,
+                )
 
             delay = error.retry_after
             if delay is None:
                 delay = retry_delay(attempt, rng=client._rng)
-            self.stats.retries += 1
             if isinstance(error, RateLimitError):
-                # Everyone on this key waits, not just this row.
+                self.stats.rate_limited += 1
+                # Everyone on this key waits, this row's retries or not.
                 self.limiter.on_rate_limited(delay, error.dimension)
-            else:
+            if not error.retryable or attempt >= client.max_attempts:
+                logger.debug("row %d failed: %s", request.first, error)
+                if self.first_error is None:
+                    self.first_error = error
+                return Completion(
+                    model=request.model.name, attempts=attempt, error=error.message
+                )
+
+            self.stats.retries += 1
+            if not isinstance(error, RateLimitError):
                 logger.debug(
-                    "row %d: %s; retrying in %.2f s", row.position, error, delay
+                    "row %d: %s; retrying in %.2f s", request.first, error, delay
                 )
                 await asyncio.sleep(delay)
             attempt += 1
-            reservation = await self._acquire(row)
+            await self.job._wait_while_paused()
+            reservation = await self._acquire(request)
 
     def _release(self, reservation: Reservation, used: Usage | None) -> None:
         if used is None:
@@ -425,15 +476,17 @@ class _Run:
         )
 
     async def _attempt(
-        self, row: _Row, attempt: int, reservation: Reservation
+        self, request: PlannedRequest, attempt: int, reservation: Reservation
     ) -> tuple[ParsedResponse, Usage]:
         """Send once. Raises a ``RequestError`` with ``retryable`` set."""
         client = self.client
-        model = row.model
+        model = request.model
         provider = get_provider(model.provider)
-        spec = provider.build(model, row.messages, self.params, client._key_for(model))
+        spec = provider.build(
+            model, request.messages, self.params, client._key_for(model)
+        )
         session = await _runner.get_session()
-        where = {"row": row.position, "model": model.name, "attempt": attempt}
+        where = {"row": request.first, "model": model.name, "attempt": attempt}
         try:
             async with session.post(
                 spec.url,
@@ -480,57 +533,45 @@ class _Run:
                 APIConnectionError(f"unreadable response body: {exc}", **where)
             ) from exc
         usage = parsed.usage or Usage(
-            input_tokens=row.input_estimate,
+            input_tokens=request.input_estimate,
             output_tokens=count_text_tokens(parsed.text, model.tokenizer),
         )
         return parsed, usage
 
-    def _succeed(
-        self,
-        row: _Row,
-        parsed: ParsedResponse,
-        usage: Usage,
-        attempts: int,
-        latency: float,
-    ) -> None:
-        self._finish(
-            row.position,
-            Completion(
-                response=parsed.text,
-                input_tokens=usage.input_tokens,
-                output_tokens=usage.output_tokens,
-                cost_usd=row.model.cost_usd(usage),
-                model=row.model.name,
-                finish_reason=parsed.finish_reason,
-                latency_s=latency,
-                attempts=attempts,
-            ),
-        )
+    def _finish(self, request: PlannedRequest, result: Completion) -> None:
+        """Record a request's result on every row it answers.
 
-    def _fail(self, row: _Row, error: RequestError, attempts: int) -> None:
-        logger.debug("row %d failed: %s", row.position, error)
-        if self.first_error is None:
-            self.first_error = error
-        self._finish(
-            row.position,
-            Completion(model=row.model.name, attempts=attempts, error=error.message),
-        )
+        Rows after the first share one copy marked cached and costing
+        nothing, so a million duplicate rows hold two objects, not a
+        million.
+        """
+        positions = request.positions
+        self.results[positions[0]] = result
+        if len(positions) > 1:
+            duplicate = result
+            if result.error is None:
+                duplicate = replace(
+                    result, cost_usd=0.0, cached=True, attempts=0, latency_s=0.0
+                )
+            for position in positions[1:]:
+                self.results[position] = duplicate
 
-    def _finish(
-        self, position: int, result: Completion, *, skipped: bool = False
-    ) -> None:
-        self.results[position] = result
         stats = self.stats
-        stats.done += 1
-        if skipped:
-            stats.skipped += 1
-        elif result.error is not None:
-            stats.failed += 1
-        else:
-            stats.succeeded += 1
+        rows = len(positions)
+        stats.done += rows
+        if result.error is not None:
+            stats.failed += rows
+            return
+        stats.succeeded += rows
+        stats.cached += rows if result.cached else rows - 1
+        if not result.cached:
             stats.input_tokens += result.input_tokens or 0
             stats.output_tokens += result.output_tokens or 0
             stats.cost_usd += result.cost_usd or 0.0
+
+
+_MISSING = Completion()
+_CANCELLED = Completion(error=CANCELLED)
 
 
 def _rate_limit_dimension(body_text: str) -> str | None:

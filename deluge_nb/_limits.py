@@ -136,7 +136,9 @@ class RateBucket:
         limit = self.limit_at(now)
         cost = amount * WINDOW_S / limit
         tolerance = max(self.burst_seconds, cost)
-        pacing = max(self._tat, now) + cost - now - tolerance
+        # Written as a sum of differences so that an idle bucket gives
+        # exactly 0, not a rounding crumb the caller would wait on forever.
+        pacing = max(self._tat - now, 0.0) + (cost - tolerance)
 
         self._expire(now)
         window = 0.0
@@ -147,7 +149,8 @@ class RateBucket:
                 if excess <= 1e-9:
                     window = entry.at + WINDOW_S - now
                     break
-        return max(0.0, pacing, window)
+        wait = max(pacing, window)
+        return wait if wait > 1e-9 else 0.0
 
     def take(self, amount: float, now: float) -> _Entry:
         """Admit ``amount`` now; the returned entry can be corrected later."""

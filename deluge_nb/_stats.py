@@ -18,6 +18,7 @@ class StatsSnapshot:
     succeeded: int
     failed: int
     skipped: int
+    cached: int
     retries: int
     rate_limited: int
     input_tokens: int
@@ -26,6 +27,25 @@ class StatsSnapshot:
     elapsed_s: float
     eta_s: float | None
     limiter: LimiterSnapshot
+    max_cost_usd: float | None = None
+
+    def summary(self) -> dict[str, object]:
+        """The totals, as plain values (for ``DataFrame.attrs``)."""
+        return {
+            "state": self.state,
+            "rows": self.total,
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+            "skipped": self.skipped,
+            "cached": self.cached,
+            "retries": self.retries,
+            "rate_limited": self.rate_limited,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cost_usd": self.cost_usd,
+            "max_cost_usd": self.max_cost_usd,
+            "elapsed_s": self.elapsed_s,
+        }
 
     @property
     def remaining(self) -> int:
@@ -61,6 +81,7 @@ class JobStats:
     succeeded: int = 0
     failed: int = 0
     skipped: int = 0
+    cached: int = 0
     retries: int = 0
     rate_limited: int = 0
     input_tokens: int = 0
@@ -68,11 +89,12 @@ class JobStats:
     cost_usd: float = 0.0
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
+    max_cost_usd: float | None = None
 
     def snapshot(self) -> StatsSnapshot:
         end = self.finished if self.finished is not None else time.monotonic()
         elapsed = end - self.started
-        sent_done = self.done - self.skipped
+        sent_done = self.done - self.skipped - self.cached
         eta: float | None = None
         if self.done >= self.total:
             eta = 0.0
@@ -85,6 +107,7 @@ class JobStats:
             succeeded=self.succeeded,
             failed=self.failed,
             skipped=self.skipped,
+            cached=self.cached,
             retries=self.retries,
             rate_limited=self.rate_limited,
             input_tokens=self.input_tokens,
@@ -93,4 +116,5 @@ class JobStats:
             elapsed_s=elapsed,
             eta_s=eta,
             limiter=self.limiter.snapshot(),
+            max_cost_usd=self.max_cost_usd,
         )

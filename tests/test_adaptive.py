@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -89,9 +90,9 @@ def test_rate_limit_headers_real_values(
         {"x-ratelimit-limit-requests": "0"},
         {"x-ratelimit-limit-tokens": "nan", "x-ratelimit-remaining-tokens": "inf"},
         {"x-ratelimit-reset-requests": "soon"},
-        {"anthropic-ratelimit-tokens-reset": "yesterday"},
-        {"anthropic-ratelimit-tokens-reset": "2026-12-03T16:00:12"},  # no zone
-        {"anthropic-ratelimit-tokens-limit": "-5"},
+        {"anthropic-ratelimit-input-tokens-reset": "yesterday"},
+        {"anthropic-ratelimit-input-tokens-reset": "2026-12-03T16:00:12"},  # no zone
+        {"anthropic-ratelimit-output-tokens-limit": "-5"},
     ],
 )
 def test_junk_headers_are_ignored(headers: dict[str, str]) -> None:
@@ -103,9 +104,23 @@ def test_junk_headers_are_ignored(headers: dict[str, str]) -> None:
 
 def test_reset_in_the_past_is_zero_not_negative() -> None:
     parsed = parse_rate_limit_headers(
-        {"anthropic-ratelimit-tokens-reset": "2026-12-03T15:59:00Z"}, NOW
+        {"anthropic-ratelimit-output-tokens-reset": "2026-12-03T15:59:00Z"}, NOW
     )
-    assert parsed.limits["tokens"].reset_s == 0.0
+    assert parsed.limits["output_tokens"].reset_s == 0.0
+
+
+def test_anthropic_combined_tokens_header_is_not_a_combined_limit() -> None:
+    # It repeats the tighter of input and output, which have buckets of
+    # their own; read as prompt + max_tokens it would throttle too hard.
+    parsed = parse_rate_limit_headers(
+        {
+            "anthropic-ratelimit-tokens-limit": "8000",
+            "anthropic-ratelimit-output-tokens-limit": "8000",
+        },
+        NOW,
+    )
+    assert "tokens" not in parsed.limits
+    assert parsed.limits["output_tokens"].limit == 8000
 
 
 def test_retry_after_is_read_with_the_limits() -> None:
@@ -197,15 +212,23 @@ def sim() -> Iterator[object]:
 def test_k06_retry_after_ms_end_to_end(sim: object) -> None:
     register_model("sim-k06", base_url=sim.base_url)  # type: ignore[attr-defined]
     sim.reset_stats()  # type: ignore[attr-defined]
-    client = LLMClient("sim-k06", progress=None, max_attempts=1)
+    # One at a time, so the others are queued when the 429 comes back.
+    client = LLMClient(
+        "sim-k06", progress=None, max_attempts=1, max_concurrent_requests=1
+    )
     first = "[[sim:status=429]][[sim:retry_after=0.5]]x"
-    results = client.process_prompts_sync([first] + ["[[sim:echo]]ok"] * 3)
+    started = time.monotonic()
+    results = client.process_prompts_sync(
+        [first] + [f"[[sim:echo]]ok{i}" for i in range(3)]
+    )
+    elapsed = time.monotonic() - started
 
-    admitted = sim.stats()["admitted_times"]  # type: ignore[attr-defined]
+    admitted = sorted(sim.stats()["admitted_times"])  # type: ignore[attr-defined]
     # retry-after says 1 s (whole seconds), retry-after-ms 500: the finer wins.
     assert len(admitted) == 3
-    assert 0.5 <= min(admitted) < 0.95
-    assert [r.response for r in results[1:]] == ["ok"] * 3
+    assert 0.5 <= elapsed < 0.95
+    assert admitted[-1] - admitted[0] < 0.3  # the three went together after it
+    assert [r.response for r in results[1:]] == ["ok0", "ok1", "ok2"]
 
 
 @pytest.mark.parametrize("headers", [True, False], ids=["headers", "no-headers"])

@@ -193,3 +193,14 @@ async def test_acquire_rejects_a_request_that_can_never_fit() -> None:
     with pytest.raises(ValueError, match="can never be sent"):
         await limiter.acquire(5000)
     assert limiter.in_flight == 0
+
+
+@pytest.mark.parametrize("now", [2456.512345, 1e6 + 0.1, 37.3])
+def test_a_request_costing_more_than_the_burst_is_admitted_exactly_when_due(
+    now: float,
+) -> None:
+    # 108 tokens at 600/min take 10.8 s of rate, more than the 1 s burst.
+    # An idle bucket must say 0, not a rounding crumb that is never reached.
+    bucket = RateBucket(600, burst_seconds=1.0)
+    bucket.take(39, now - 30.0)
+    assert bucket.wait_time(108, now) == 0.0
