@@ -454,11 +454,12 @@ class _Run:
                 )
 
             self.stats.retries += 1
-            if not isinstance(error, RateLimitError):
-                logger.debug(
-                    "row %d: %s; retrying in %.2f s", request.first, error, delay
-                )
-                await asyncio.sleep(delay)
+            # The server's wait is a hint for one request, not for a herd:
+            # the key is paused for it, and this row also backs off on its
+            # own schedule so that retries spread out.
+            own = max(delay, retry_delay(attempt, rng=client._rng))
+            logger.debug("row %d: %s; retrying in %.2f s", request.first, error, own)
+            await asyncio.sleep(own)
             attempt += 1
             await self.job._wait_while_paused()
             reservation = await self._acquire(request)

@@ -43,7 +43,7 @@ DEFAULT_MAX_CONCURRENT = 64
 # RECOVERY_PER_S of the limit each second.
 CUT_FACTOR = 0.7
 MIN_CUT_FRACTION = 0.05
-RECOVERY_PER_S = 0.02
+RECOVERY_PER_S = 0.01
 
 
 class _Entry:
@@ -183,9 +183,28 @@ class RateBucket:
     def set_limit(self, per_minute: float) -> None:
         """The caller's new limit (a slider, say); it ends any 429 cut."""
         _check_limit(per_minute)
+        before = self.per_minute
         self.ceiling = float(per_minute)
         self.explicit = True
         self._cut_to = None
+        if self.per_minute != before:
+            self._rebase()
+
+    def _rebase(self) -> None:
+        """Recompute the pace as if the limit now in force had always been.
+
+        What was admitted under a looser limit (a registry default before
+        the server's headers arrived, a slider moved down) still weighs on
+        the server; without this the bucket would forget it and overshoot
+        by that much for as long as the job runs.
+        """
+        if self.unlimited:
+            return
+        seconds_per_unit = WINDOW_S / self.per_minute
+        tat = -math.inf
+        for entry in self._entries:
+            tat = max(tat, entry.at) + entry.amount * seconds_per_unit
+        self._tat = tat
 
     def sync(self, server: ServerLimit, sent_at: float, now: float) -> None:
         """Take what the server reported about this limit.
@@ -195,9 +214,12 @@ class RateBucket:
         pace is held back until that much has refilled; ``remaining`` as
         reported applied when the request arrived, near ``sent_at``.
         """
-        if server.limit is not None:
+        if server.limit is not None and server.limit != self.server_limit:
+            before = self.per_minute
             self.server_limit = server.limit
             self._cut_to = None
+            if self.per_minute != before:
+                self._rebase()
         if server.remaining is None or self.unlimited:
             return
         limit = self.per_minute
@@ -328,6 +350,10 @@ class Limiter:
         self._pause_reason = ""
         self._reason = "idle"
         self._headers_seen = False
+        # With limits nobody vouched for (registry defaults), the first
+        # request goes alone: its response's headers tell the real limits
+        # before a burst sized by a guess can draw a herd of 429s.
+        self.probing = not explicit
         # Created lazily on the loop that uses the limiter.
         self._admission: asyncio.Lock | None = None
         self._changed: asyncio.Event | None = None
@@ -422,6 +448,7 @@ class Limiter:
             return
         reservation.released = True
         self.in_flight -= 1
+        self.probing = False
         now = self.clock()
         actual = {
             "tokens": actual_tokens,
@@ -435,7 +462,9 @@ class Limiter:
 
     def observe(self, headers: RateLimitHeaders, sent_at: float) -> None:
         """Re-sync the buckets with a response's rate-limit headers."""
+        self.probing = False
         if not headers.limits:
+            self._notify()
             return
         now = self.clock()
         self._headers_seen = self._headers_seen or headers.any_limit
@@ -537,6 +566,9 @@ class Limiter:
         if self.in_flight >= self.max_concurrent_requests:
             self._reason = "waiting on concurrency"
             return math.inf
+        if self.probing and self.in_flight > 0:
+            self._reason = "waiting for the first response to learn the limits"
+            return math.inf
         longest, slowest = 0.0, ""
         for name, bucket in self.buckets.items():
             wait = bucket.wait_time(amounts[name], now)
@@ -618,6 +650,7 @@ def get_limiter(
             )
             for name, bucket in limiter.buckets.items():
                 bucket.explicit = given.get(name) is not None
+            limiter.probing = not any(v is not None for v in given.values())
             _registry[key] = limiter
             return limiter
 

@@ -244,7 +244,7 @@ def test_overestimated_limits_are_learned(headers: bool) -> None:
         results = client.process_prompts_sync([f"{i}" for i in range(400)])
         stats = server.stats()
 
-    assert all(r.error is None for r in results)
+    assert [r.error for r in results if r.error] == []
     learned = client.limiter.snapshot().max_requests_per_minute
     if headers:
         assert learned == 6000
@@ -252,3 +252,56 @@ def test_overestimated_limits_are_learned(headers: bool) -> None:
     else:
         assert stats["rate_limited"] > 0
         assert learned < 12_000
+
+
+def test_a_lower_server_limit_weighs_what_was_already_admitted() -> None:
+    # Admitted under a registry default of 1M tokens/min, then the server
+    # says 60k: those 2,000 tokens are 2 s of the real rate, not 0.12 s.
+    bucket = RateBucket(1_000_000, burst_seconds=1.0, explicit=False)
+    for i in range(5):
+        bucket.take(400, 10.0 + i * 0.01)
+    assert bucket.wait_time(400, 10.1) == 0.0
+    bucket.sync(ServerLimit(limit=60_000), sent_at=10.0, now=10.1)
+    # Replayed at 1,000 tokens/s the five end at 12.0 s; the next 400 may
+    # go when that debt is within the 1 s burst: 12.0 + 0.4 - 1.0.
+    assert bucket.wait_time(400, 10.1) == pytest.approx(12.0 + 0.4 - 1.0 - 10.1)
+
+
+def test_a_slider_moved_down_slows_at_once() -> None:
+    bucket = RateBucket(6000, burst_seconds=1.0)
+    for i in range(50):
+        bucket.take(1, i * 0.01)
+    bucket.set_limit(600)  # 10 a second: 50 admitted are 5 s of it
+    assert bucket.wait_time(1, 0.5) == pytest.approx(5.0 - 1.0 + 0.1 - 0.5, abs=0.05)
+
+
+async def test_unvouched_limits_send_one_request_until_the_server_answers() -> None:
+    limiter = Limiter(600, 1_000_000, 10, explicit=False)
+    first = await limiter.acquire(100)
+    second = asyncio.ensure_future(limiter.acquire(100))
+    await asyncio.sleep(0.05)
+    assert not second.done()
+    assert "first response" in limiter.snapshot().reason
+    limiter.observe(
+        parse_rate_limit_headers({"x-ratelimit-limit-tokens": "60000"}, NOW), 0.0
+    )
+    await asyncio.wait_for(second, timeout=1)
+    assert limiter.tokens.per_minute == 60_000
+    limiter.release(first)
+    limiter.release(second.result())
+
+
+def test_registry_defaults_learn_the_real_limits_without_a_429_herd() -> None:
+    words = " ".join(f"w{i}" for i in range(250))
+    with serve(
+        requests_per_minute=3000, tokens_per_minute=300_000, latency_s=0.2
+    ) as server:
+        # No limits given: the registry's 600 rpm / 1M tpm guess applies
+        # until the first response's headers say otherwise.
+        register_model("sim-guess", base_url=server.base_url, tokenizer="o200k_base")
+        client = LLMClient("sim-guess", max_tokens=50, progress=None)
+        results = client.process_prompts_sync([f"{i} {words}" for i in range(80)])
+        stats = server.stats()
+    assert all(r.error is None for r in results)
+    assert client.limiter.snapshot().max_tokens_per_minute == 300_000
+    assert stats["rate_limited"] <= 2
