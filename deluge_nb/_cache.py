@@ -39,6 +39,7 @@ import asyncio
 import atexit
 import concurrent.futures
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -218,7 +219,9 @@ def _schema_document(schema: Any) -> Any:
     )
 
 
+@functools.lru_cache(maxsize=64)
 def _clean_base_url(url: str) -> str:
+    # Cached: a job asks once per request, always with the same few URLs.
     parts = urlsplit(url.strip())
     host = parts.hostname or ""
     if parts.port is not None:
