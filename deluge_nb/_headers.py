@@ -10,12 +10,11 @@ number is dropped, so junk never reaches the limiter.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from ._retry import parse_go_duration, parse_retry_after
+from ._retry import parse_finite, parse_go_duration, parse_retry_after
 
 DIMENSIONS = ("requests", "tokens", "input_tokens", "output_tokens")
 
@@ -81,13 +80,8 @@ def parse_rate_limit_headers(
 
 
 def _count(raw: str | None, *, positive: bool = False) -> float | None:
-    if raw is None:
-        return None
-    try:
-        value = float(raw.strip())
-    except ValueError:
-        return None
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+    value = parse_finite(raw)
+    if value is None or value < 0 or (positive and value == 0):
         return None
     return value
 

@@ -57,14 +57,14 @@ def parse_retry_after(
     needed only for that form). Junk, negative and non-finite values are
     ignored.
     """
-    millis = _finite(headers.get("retry-after-ms"))
+    millis = parse_finite(headers.get("retry-after-ms"))
     if millis is not None and millis >= 0:
         return millis / 1000
 
     raw = headers.get("retry-after")
     if raw is None:
         return None
-    seconds = _finite(raw)
+    seconds = parse_finite(raw)
     if seconds is not None:
         return seconds if seconds >= 0 else None
     try:
@@ -113,7 +113,8 @@ def retry_delay(
     return backoff_delay(attempt, rng)
 
 
-def _finite(raw: str | None) -> float | None:
+def parse_finite(raw: str | None) -> float | None:
+    """A header value as a finite float, or None for anything else."""
     if raw is None:
         return None
     try:
