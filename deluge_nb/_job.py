@@ -104,8 +104,20 @@ class Job(Generic[T]):
     # -- control ---------------------------------------------------------
 
     def start(self) -> Job[T]:
-        """Start the job on the engine loop; returns at once."""
+        """Start the job on the engine loop; returns at once.
+
+        The progress view is made here, on the caller's thread, so that a
+        notebook panel is displayed in the cell that started the job even
+        when that cell ends at once (``submit``, Run All).
+        """
         if self._future is None:
+            if self._show_progress and self.progress is None:
+                self.progress = make_view(
+                    self.client.progress,
+                    self._stats.total,
+                    limiter=self.client.limiter,
+                    controls=self,
+                )
             self._future = _runner.submit(self._main())
         return self
 
@@ -203,15 +215,7 @@ class Job(Generic[T]):
         self._sync_pause()
         stats = self._stats
         stats.started = time.monotonic()
-        view = None
-        if self._show_progress:
-            view = make_view(
-                self.client.progress,
-                stats.total,
-                limiter=self.client.limiter,
-                controls=self,
-            )
-        self.progress = view
+        view = self.progress
         refresher = asyncio.ensure_future(drive(view, stats)) if view else None
         try:
             if self._stop_requested:
