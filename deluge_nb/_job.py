@@ -448,7 +448,9 @@ class _Run:
             if isinstance(error, RateLimitError):
                 self.stats.rate_limited += 1
                 # Everyone on this key waits, this row's retries or not.
-                self.limiter.on_rate_limited(delay, error.dimension)
+                self.limiter.on_rate_limited(
+                    delay, error.dimension, sent_at=reservation.sent_at
+                )
             if not error.retryable or attempt >= client.max_attempts:
                 logger.debug("row %d failed: %s", request.first, error)
                 if self.first_error is None:
@@ -498,6 +500,7 @@ class _Run:
                 json=spec.body,
                 headers=dict(spec.headers),
                 timeout=aiohttp.ClientTimeout(total=client.timeout),
+                proxy=_runner.proxy_for(model.base_url),
             ) as response:
                 status = response.status
                 headers = response.headers

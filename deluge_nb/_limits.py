@@ -472,11 +472,18 @@ class Limiter:
             self.buckets[name].sync(server, sent_at, now)
         self._notify()
 
-    def on_rate_limited(self, wait_s: float, dimension: str | None = None) -> None:
+    def on_rate_limited(
+        self,
+        wait_s: float,
+        dimension: str | None = None,
+        *,
+        sent_at: float | None = None,
+    ) -> None:
         """A 429: hold everyone for ``wait_s``; without headers, slow down.
 
-        Only the first 429 of a burst cuts the rate: one that answers a
-        request sent before the last cut says nothing new.
+        Only the first 429 of a round cuts the rate: one that answers a
+        request sent before the last cut (``sent_at``) says nothing about
+        the rate since. Without ``sent_at``, one cut per ``wait_s`` or 1 s.
         """
         now = self.clock()
         self.pause(wait_s, "429")
@@ -485,7 +492,10 @@ class Limiter:
         names = [dimension] if dimension in self.buckets else ["requests", "tokens"]
         for name in names:
             bucket = self.buckets[name]
-            if now - bucket._cut_at < max(wait_s, 1.0):
+            if sent_at is not None:
+                if sent_at <= bucket._cut_at:
+                    continue
+            elif now - bucket._cut_at < max(wait_s, 1.0):
                 continue
             new = bucket.cut(now)
             if not math.isinf(new):

@@ -305,3 +305,17 @@ def test_registry_defaults_learn_the_real_limits_without_a_429_herd() -> None:
     assert all(r.error is None for r in results)
     assert client.limiter.snapshot().max_tokens_per_minute == 300_000
     assert stats["rate_limited"] <= 2
+
+
+def test_only_429s_for_requests_sent_after_the_last_cut_cut_again() -> None:
+    clock = FakeClock()
+    limiter = Limiter(1000, math.inf, 10, clock=clock)
+    limiter.on_rate_limited(0.1, sent_at=99.0)
+    clock.now += 5.0  # long after, but answering a request sent before the cut
+    limiter.on_rate_limited(0.1, sent_at=99.5)
+    cut_once = 1000 * CUT_FACTOR + 5.0 * RECOVERY_PER_S * 1000
+    assert limiter.snapshot().max_requests_per_minute == pytest.approx(cut_once)
+    limiter.on_rate_limited(0.1, sent_at=104.0)  # sent after the cut
+    assert limiter.snapshot().max_requests_per_minute == pytest.approx(
+        cut_once * CUT_FACTOR
+    )

@@ -273,3 +273,23 @@ async def test_k09_cancelled_job_gives_back_every_slot(sim: object) -> None:
     results = await client.process_prompts_async([echo("a"), echo("b")])
     assert [r.response for r in results] == ["a", "b"]
     assert time.monotonic() - started < 1.0
+
+
+def test_proxy_is_read_from_the_environment_once_per_host(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from deluge_nb._runner import proxy_for
+
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("https_proxy", "HTTPS_PROXY"):
+        monkeypatch.setenv(name, "http://proxy.example:3128")
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.setenv(name, "internal.example")
+    proxy_for.cache_clear()
+    try:
+        assert proxy_for("https://api.openai.com/v1") == "http://proxy.example:3128"
+        assert proxy_for("https://internal.example/v1") is None
+        assert proxy_for("http://api.openai.com/v1") is None  # no HTTP_PROXY
+    finally:
+        proxy_for.cache_clear()
