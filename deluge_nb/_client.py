@@ -103,13 +103,20 @@ class LLMClient:
         cache: CacheOption = True,
         max_cost: float | None = None,
     ) -> None:
-        names = (
-            [model_or_models]
-            if isinstance(model_or_models, str)
-            else list(model_or_models)
-        )
-        if not names:
-            raise ConfigurationError("give at least one model")
+        if model_or_models is None:
+            names = []
+        elif isinstance(model_or_models, str):
+            names = [model_or_models]
+        else:
+            names = list(model_or_models)
+        if not names or not all(isinstance(n, str) for n in names):
+            raise ConfigurationError(
+                f"model must be a model name or a list of them, got {model_or_models!r}"
+            )
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool):
+            raise ConfigurationError(
+                f"max_tokens must be a whole number, got {max_tokens!r}"
+            )
         if max_tokens < 1:
             raise ConfigurationError(f"max_tokens must be >= 1, got {max_tokens!r}")
         if max_attempts < 1:
@@ -140,8 +147,10 @@ class LLMClient:
             limiter_key(first.base_url, self._key_for(first), "+".join(names)),
             defaults=first.default_limits(),
             given={
-                "requests": max_requests_per_minute,
-                "tokens": max_tokens_per_minute,
+                "requests": max_requests_per_minute
+                or _registered(first, "max_requests_per_minute"),
+                "tokens": max_tokens_per_minute
+                or _registered(first, "max_tokens_per_minute"),
                 "input_tokens": max_input_tokens_per_minute,
                 "output_tokens": max_output_tokens_per_minute,
             },
@@ -192,6 +201,7 @@ class LLMClient:
         finalize: Callable[[list[Completion], StatsSnapshot], T] | None = None,
     ) -> Job[Any]:
         """Start a job and return its handle at once."""
+        _check_prompts(prompts)
         job: Job[Any] = Job(
             self, prompts, finalize=finalize, show_progress=show_progress
         )
@@ -244,3 +254,27 @@ def _default_cache_setting(cache: CacheOption) -> CacheOption:
     ):
         return False
     return cache
+
+
+def _registered(model: ModelInfo, field: str) -> float | None:
+    """A limit the model was registered with, when its owner chose it."""
+    return getattr(model, field) if model.limits_given else None
+
+
+def _check_prompts(prompts: Sequence[Prompt]) -> None:
+    """Refuse what would be sent wrongly: a bare string, non-text items."""
+    if isinstance(prompts, str | bytes) or not isinstance(prompts, Sequence):
+        raise TypeError(
+            "prompts must be a list of prompts (strings, lists of chat messages, "
+            f"or None), not {type(prompts).__name__}; for one prompt pass [prompt]"
+        )
+    for position, prompt in enumerate(prompts):
+        if prompt is None or isinstance(prompt, str):
+            continue
+        if isinstance(prompt, Sequence) and all(isinstance(m, Mapping) for m in prompt):
+            continue
+        raise TypeError(
+            f"prompt at position {position} is a {type(prompt).__name__}; a prompt "
+            "is a string, a list of chat messages ({'role': ..., 'content': ...}) "
+            "or None"
+        )

@@ -10,7 +10,7 @@ otherwise, so ``cost_usd`` is an upper bound by default.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -87,8 +87,13 @@ def estimate_prompts(
     prompts: Sequence[Prompt],
     *,
     expected_output_tokens: int | None = None,
+    limits: Mapping[str, float | None] | None = None,
 ) -> Estimate:
-    """Plan ``prompts`` as a job would and price it; sends nothing."""
+    """Plan ``prompts`` as a job would and price it; sends nothing.
+
+    ``limits`` (``max_requests_per_minute``, ``max_tokens_per_minute``)
+    override the client's limiter for the wall-time figure only.
+    """
     plan = plan_requests(client, prompts)
     output_each = min(client.max_tokens, expected_output_tokens or client.max_tokens)
     cached_keys: set[str] = set()
@@ -142,9 +147,12 @@ def estimate_prompts(
             batch += row_cost * share
 
     snap = client.limiter.snapshot()
+    limits = limits or {}
+    rpm = limits.get("max_requests_per_minute") or snap.max_requests_per_minute
+    tpm = limits.get("max_tokens_per_minute") or snap.max_tokens_per_minute
     minutes = max(
-        _minutes(sent, snap.max_requests_per_minute),
-        _minutes(reserve, snap.max_tokens_per_minute),
+        _minutes(sent, rpm),
+        _minutes(reserve, tpm),
         _minutes(total_in, snap.max_input_tokens_per_minute),
         _minutes(sent * client.max_tokens, snap.max_output_tokens_per_minute),
     )
@@ -171,10 +179,7 @@ def estimate_prompts(
         cost_usd=cost,
         batch_cost_usd=batch if discounted and sent else (0.0 if not sent else None),
         wall_time_s=minutes * 60.0,
-        limits=(
-            f"{_fmt(snap.max_requests_per_minute)} requests/min, "
-            f"{_fmt(snap.max_tokens_per_minute)} tokens/min"
-        ),
+        limits=f"{_fmt(rpm)} requests/min, {_fmt(tpm)} tokens/min",
         tokens_exact=all(is_exact(m.tokenizer) for m in client.models),
     )
 

@@ -32,6 +32,12 @@ from ._job import Job
 from ._stats import StatsSnapshot
 from ._types import RESULT_COLUMNS, Completion
 
+LIMIT_OPTIONS = (
+    "max_requests_per_minute",
+    "max_tokens_per_minute",
+    "max_concurrent_requests",
+)
+
 RESULT_DTYPES = {
     "response": "string",
     "input_tokens": "Int64",
@@ -73,17 +79,29 @@ def _as_prompt(value: Any) -> Prompt:
 def template_fields(template: str) -> list[str]:
     """The column names a ``str.format`` template refers to."""
     fields = []
-    for _, name, _, _ in string.Formatter().parse(template):
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"template {template!r} is not a valid str.format template ({exc}); "
+            "write literal braces as {{ and }}"
+        ) from exc
+    for _, name, _, _ in parsed:
         if name is None:
             continue
-        root = name.split(".", 1)[0].split("[", 1)[0]
-        if root == "" or root.isdigit():
+        if name == "" or name.isdigit():
             raise ConfigurationError(
                 f"template {template!r} has a positional field; name a column "
                 "instead, e.g. {text}"
             )
-        if root not in fields:
-            fields.append(root)
+        if "." in name or "[" in name:
+            # {text.attr} and {text[0]} would reach into the cell's object.
+            raise ConfigurationError(
+                f"template field {{{name}}} is not a plain column name; use "
+                "{column} or {column:format_spec}"
+            )
+        if name not in fields:
+            fields.append(name)
     return fields
 
 
@@ -296,11 +314,17 @@ class _Accessor:
         options.pop("prefix", None)
         options.pop("dry_run", None)
         options["progress"] = None
+        # Limits given here price the job under them; unlike complete(),
+        # they do not change the shared limiter a later call would use.
+        limits = {name: options.pop(name, None) for name in LIMIT_OPTIONS}
         frame, column = self._frame(prompt)
         prompts = render_prompts(frame, column)
         client = LLMClient(model, **options)
         estimate = estimate_prompts(
-            client, prompts, expected_output_tokens=expected_output_tokens
+            client,
+            prompts,
+            expected_output_tokens=expected_output_tokens,
+            limits=limits,
         )
         estimate.rows.index = frame.index
         return estimate

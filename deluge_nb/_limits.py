@@ -204,6 +204,10 @@ class RateBucket:
         tat = -math.inf
         for entry in self._entries:
             tat = max(tat, entry.at) + entry.amount * seconds_per_unit
+        if self._entries:
+            # Past the minute in which they were admitted, old requests
+            # weigh on no server; the window rule covers that minute.
+            tat = min(tat, self._entries[-1].at + WINDOW_S)
         self._tat = tat
 
     def sync(self, server: ServerLimit, sent_at: float, now: float) -> None:
@@ -240,12 +244,18 @@ class RateBucket:
         return self._cut_to
 
     def _expire(self, now: float) -> None:
+        expired = False
         while self._entries and self._entries[0].at + WINDOW_S <= now:
             entry = self._entries.popleft()
             entry.live = False
             self._in_window -= entry.amount
+            expired = True
         if not self._entries:
             self._in_window = 0.0
+            if expired:
+                # The last admission left the minute: none of our own
+                # requests weighs on the server any more.
+                self._tat = min(self._tat, now)
 
 
 def _check_limit(value: float) -> None:

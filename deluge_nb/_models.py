@@ -63,6 +63,9 @@ class ModelInfo:
     tokenizer: str | None = None
     max_input_tokens_per_minute: float = math.inf
     max_output_tokens_per_minute: float = math.inf
+    # True when whoever registered the model chose its limits: they are then
+    # ceilings, as if given to each call, not guesses the server corrects.
+    limits_given: bool = False
 
     def default_limits(self) -> dict[str, float]:
         """Per-minute limits by limiter dimension."""
@@ -226,7 +229,10 @@ def register_model(
     context_window
         Prompt plus output tokens the model accepts; None if unknown.
     max_requests_per_minute, max_tokens_per_minute
-        Default limits for this model when a call gives none.
+        Limits for this model when a call gives none; ceilings that the
+        server's rate-limit headers can lower but not raise. Without them
+        the model starts at 600 requests/min and 1,000,000 tokens/min and
+        takes the server's limits from its headers.
     tokenizer
         A tiktoken encoding name, or None for a labelled estimate.
 
@@ -236,7 +242,13 @@ def register_model(
         The entry now in the registry.
     """
     if provider is None:
-        provider = "openai-compatible" if base_url else "openai"
+        if not base_url:
+            raise ConfigurationError(
+                f"register_model({name!r}) needs base_url=... for your own server "
+                "(any OpenAI-compatible endpoint), or provider='openai' or "
+                "'anthropic' with its prices for a hosted model the registry lacks"
+            )
+        provider = "openai-compatible"
     info = ModelInfo(
         name=name,
         provider=provider,
@@ -251,6 +263,7 @@ def register_model(
         max_requests_per_minute=max_requests_per_minute or FALLBACK_REQUESTS_PER_MINUTE,
         max_tokens_per_minute=max_tokens_per_minute or FALLBACK_TOKENS_PER_MINUTE,
         tokenizer=tokenizer,
+        limits_given=bool(max_requests_per_minute or max_tokens_per_minute),
     )
     if not info.base_url:
         raise ConfigurationError(f"model {name!r}: base_url is required")

@@ -293,3 +293,48 @@ def test_proxy_is_read_from_the_environment_once_per_host(
         assert proxy_for("http://api.openai.com/v1") is None  # no HTTP_PROXY
     finally:
         proxy_for.cache_clear()
+
+
+@pytest.mark.parametrize(
+    "prompts", ["hello", b"hello", 42, [1, 2.0], [{"a": 1}], ["ok", ("x",)]]
+)
+def test_prompts_that_would_be_sent_wrongly_are_refused(
+    sim: object, prompts: object
+) -> None:
+    client = LLMClient("sim-client", progress=None)
+    with pytest.raises(TypeError, match="prompt"):
+        client.process_prompts_sync(prompts)  # type: ignore[arg-type]
+    assert sim.stats()["requests"] == 0  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"model_or_models": None}, "model must be"),
+        ({"model_or_models": "sim-client", "max_tokens": "10"}, "whole number"),
+        ({"model_or_models": "sim-client", "max_tokens": 10.5}, "whole number"),
+    ],
+)
+def test_bad_arguments_get_clear_errors(
+    kwargs: dict[str, object], message: str
+) -> None:
+    with pytest.raises(deluge_nb.ConfigurationError, match=message):
+        LLMClient(**kwargs)  # type: ignore[arg-type]
+
+
+def test_limits_given_at_registration_are_ceilings_the_server_cannot_raise() -> None:
+    with serve(requests_per_minute=6000, latency_s=0.05) as server:
+        register_model(
+            "sim-reg300", base_url=server.base_url, max_requests_per_minute=300
+        )
+        client = LLMClient("sim-reg300", progress=None)
+        client.process_prompts_sync([f"[[sim:echo]]{i}" for i in range(12)])
+        admitted = server.stats()["admitted_times"]
+    assert client.limiter.snapshot().max_requests_per_minute == 300
+    # 300/min is 5 a second: 12 requests span at least 1.4 s.
+    assert max(admitted) - min(admitted) >= 1.3
+
+
+def test_register_model_without_a_server_is_refused() -> None:
+    with pytest.raises(deluge_nb.ConfigurationError, match="base_url"):
+        register_model("my-llm")

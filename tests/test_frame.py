@@ -210,3 +210,36 @@ def test_column_clash_is_refused_before_anything_is_sent(sim: object) -> None:
     with pytest.raises(ConfigurationError, match="prefix"):
         complete(df, prompt=ECHO + "{text}")
     assert sim.stats()["requests"] == 0  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        ("Translate {text.__class__}", "not a plain column name"),
+        ("First letter {text[0]}", "not a plain column name"),
+        ("Translate {text", "not a valid str.format template"),
+        ("Translate text}", "not a valid str.format template"),
+        ("Say {}", "positional field"),
+    ],
+)
+def test_templates_cannot_reach_into_cells(template: str, message: str) -> None:
+    df = pd.DataFrame({"text": ["a"]})
+    with pytest.raises(ConfigurationError, match=message):
+        df.deluge.complete("sim-frame", prompt=template)
+
+
+def test_template_format_specs_and_literal_braces_work(sim: object) -> None:
+    df = pd.DataFrame({"text": ["ab"], "x": [3.14159]})
+    out = complete(df, prompt=ECHO + "{{json}} {text:>4} {x:.2f}")
+    assert out["response"].tolist() == ["{json}   ab 3.14"]
+
+
+def test_estimate_limits_do_not_change_later_calls(sim: object) -> None:
+    df = pd.DataFrame({"text": ["a", "b"]})
+    before = deluge_nb.LLMClient("sim-frame").limiter.snapshot()
+    est = df.deluge.estimate(
+        "sim-frame", prompt="{text}", max_tokens=10, max_tokens_per_minute=600
+    )
+    assert "600 tokens/min" in est.limits
+    after = deluge_nb.LLMClient("sim-frame").limiter.snapshot()
+    assert after.max_tokens_per_minute == before.max_tokens_per_minute

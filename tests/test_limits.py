@@ -204,3 +204,12 @@ def test_a_request_costing_more_than_the_burst_is_admitted_exactly_when_due(
     bucket = RateBucket(600, burst_seconds=1.0)
     bucket.take(39, now - 30.0)
     assert bucket.wait_time(108, now) == 0.0
+
+
+def test_a_limit_lowered_after_a_big_job_waits_no_longer_than_the_window() -> None:
+    bucket = RateBucket(1_000_000, burst_seconds=1.0)
+    for i in range(40):
+        bucket.take(300, i * 0.1)  # 12,000 tokens in 4 s
+    bucket.set_limit(600)  # 12,000 tokens are 20 minutes of the new rate
+    assert bucket.wait_time(110, 10.0) <= 3.9 + WINDOW_S - 10.0 + 1e-6
+    assert bucket.wait_time(110, 64.0) == 0.0  # the minute has emptied
