@@ -40,6 +40,10 @@ class RateLimitHeaders:
         return any(s.limit is not None for s in self.limits.values())
 
 
+_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-", "retry-after")
+_NOTHING = RateLimitHeaders({})
+
+
 def parse_rate_limit_headers(
     headers: Mapping[str, str], now_unix: float
 ) -> RateLimitHeaders:
@@ -52,6 +56,8 @@ def parse_rate_limit_headers(
     now_unix
         The current Unix time, to turn RFC 3339 resets into seconds.
     """
+    if not any(key.lower().startswith(_PREFIXES) for key in headers):
+        return _NOTHING  # the common case for servers without limits
     limits: dict[str, ServerLimit] = {}
     for dimension in DIMENSIONS:
         wire = dimension.replace("_", "-")

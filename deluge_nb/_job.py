@@ -376,6 +376,8 @@ class _Run:
             task.add_done_callback(self.tasks.discard)
 
     def _worst_case_cost(self, request: PlannedRequest) -> float:
+        if self.budget.max_cost_usd is None:
+            return 0.0  # nothing to reserve against
         usage = Usage(
             input_tokens=request.input_estimate, output_tokens=self.client.max_tokens
         )

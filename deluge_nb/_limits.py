@@ -360,6 +360,7 @@ class Limiter:
         self._pause_reason = ""
         self._reason = "idle"
         self._headers_seen = False
+        self._waiting = False  # a request is parked in acquire()
         # With limits nobody vouched for (registry defaults), the first
         # request goes alone: its response's headers tell the real limits
         # before a burst sized by a guess can draw a herd of 429s.
@@ -434,12 +435,15 @@ class Limiter:
                     return Reservation(amounts, entries, now)
 
                 changed.clear()
+                self._waiting = True
                 try:
                     await asyncio.wait_for(
                         changed.wait(), None if math.isinf(wait) else wait
                     )
                 except asyncio.TimeoutError:
                     pass
+                finally:
+                    self._waiting = False
 
     def release(
         self,
@@ -468,13 +472,15 @@ class Limiter:
         for name, value in actual.items():
             if value is not None:
                 self.buckets[name].correct(reservation.entries[name], value, now)
-        self._notify()
+        if self._waiting:  # the common case at full speed is nobody waiting
+            self._notify()
 
     def observe(self, headers: RateLimitHeaders, sent_at: float) -> None:
         """Re-sync the buckets with a response's rate-limit headers."""
-        self.probing = False
-        if not headers.limits:
+        if self.probing:
+            self.probing = False
             self._notify()
+        if not headers.limits:
             return
         now = self.clock()
         self._headers_seen = self._headers_seen or headers.any_limit
