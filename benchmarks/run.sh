@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one command for the throughput benchmark:
 #
-#     bash benchmarks/run.sh                    # every scenario, ~7 minutes
+#     bash benchmarks/run.sh                    # every scenario, ~6.5 minutes
 #     bash benchmarks/run.sh --quick            # a smoke run, ~2 minutes
 #     bash benchmarks/run.sh --scenarios S1,S3 --clients deluge_nb,openai
 #
@@ -17,21 +17,7 @@ venv="$root/.venv-bench"
 stamp="$venv/.bench-installed"
 cd "$root"
 
-if [[ ! -x "$venv/bin/python" ]]; then
-    python=""
-    for candidate in python3.11 python3; do
-        if command -v "$candidate" >/dev/null 2>&1; then
-            python="$candidate"
-            break
-        fi
-    done
-    if [[ -z "$python" ]]; then
-        echo "run.sh: no python3 on PATH (deluge_nb needs Python 3.10+)" >&2
-        exit 1
-    fi
-    echo "run.sh: creating .venv-bench with $("$python" --version)" >&2
-    "$python" -m venv --clear "$venv"
-fi
+bash scripts/make_venv.sh "$venv"
 
 if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" \
       || benchmarks/requirements.txt -nt "$stamp" ]]; then

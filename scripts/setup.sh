@@ -11,22 +11,7 @@ venv="$root/.venv"
 stamp="$venv/.deluge-installed"
 cd "$root"
 
-if [[ ! -x "$venv/bin/python" ]]; then
-    python=""
-    for candidate in python3.11 python3; do
-        if command -v "$candidate" >/dev/null 2>&1; then
-            python="$candidate"
-            break
-        fi
-    done
-    if [[ -z "$python" ]]; then
-        echo "setup.sh: no python3 on PATH (deluge_nb needs Python 3.10+)" >&2
-        exit 1
-    fi
-    echo "setup.sh: creating .venv with $("$python" --version)" >&2
-    # --clear: a .venv left half-made or pointing at a removed Python.
-    "$python" -m venv --clear "$venv"
-fi
+bash scripts/make_venv.sh "$venv"
 
 if [[ -f "$stamp" && "$stamp" -nt pyproject.toml ]]; then
     exit 0
