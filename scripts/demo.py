@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             prompt=TEMPLATE,
             max_tokens=MAX_TOKENS,
             temperature=0.0,
-            progress="tqdm",
+            progress="auto",  # rich in a terminal, a line every 30 s in a log
         )
         wall_s = time.perf_counter() - started
 
