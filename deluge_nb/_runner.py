@@ -3,10 +3,11 @@
 Jupyter runs its own event loop, so a blocking call from a cell cannot use
 ``asyncio.run``; patching asyncio to allow nesting (``nest_asyncio``) drops
 queued cells and widget messages on recent ipykernels. Instead, every job
-runs on this package's own loop: sync calls hand it a coroutine and wait,
-async calls await it from whatever loop they are on. The limiter state, the
-HTTP session and the progress views all live on this loop, so they persist
-between cells and keep updating while a cell blocks.
+runs on this package's own loop (``submit``); a ``Job`` (``_job.py``)
+waits for it from the caller's thread or awaits it from the caller's loop.
+The limiter state, the HTTP session and the progress views all live on
+this loop, so they persist between cells and keep updating while a cell
+blocks.
 """
 
 from __future__ import annotations
@@ -66,36 +67,6 @@ def in_engine_thread() -> bool:
 def submit(coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
     """Schedule ``coro`` on the engine loop from any thread."""
     return asyncio.run_coroutine_threadsafe(coro, get_loop())
-
-
-def run_sync(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro`` on the engine loop and wait for its result.
-
-    Works from a plain script and from a notebook cell whose loop is
-    running. A ``KeyboardInterrupt`` while waiting cancels the coroutine
-    before it propagates.
-    """
-    if in_engine_thread():
-        coro.close()
-        raise RuntimeError(
-            "a blocking deluge_nb call was made from inside a running deluge_nb "
-            "job; use the async form (acomplete / process_prompts_async) there"
-        )
-    future = submit(coro)
-    try:
-        return future.result()
-    except KeyboardInterrupt:
-        future.cancel()
-        # Give the job a moment to unwind its requests and progress bar.
-        concurrent.futures.wait([future], timeout=2.0)
-        raise
-
-
-async def run_async(coro: Coroutine[Any, Any, T]) -> T:
-    """Await ``coro`` on the engine loop from any loop."""
-    if in_engine_thread():
-        return await coro
-    return await asyncio.wrap_future(submit(coro))
 
 
 async def get_session() -> aiohttp.ClientSession:
