@@ -352,11 +352,7 @@ class _Run:
                 error = RequestTooLargeError(
                     request.problem, row=request.first, model=request.model.name
                 )
-                if self.first_error is None:
-                    self.first_error = error
-                self._finish(
-                    request, Completion(model=request.model.name, error=error.message)
-                )
+                self._finish(request, self._failed(request, error, attempts=0))
                 continue
 
             worst_case = self._worst_case_cost(request)
@@ -454,12 +450,7 @@ class _Run:
                     delay, error.dimension, sent_at=reservation.sent_at
                 )
             if not error.retryable or attempt >= client.max_attempts:
-                logger.debug("row %d failed: %s", request.first, error)
-                if self.first_error is None:
-                    self.first_error = error
-                return Completion(
-                    model=request.model.name, attempts=attempt, error=error.message
-                )
+                return self._failed(request, error, attempts=attempt)
 
             self.stats.retries += 1
             # The server's wait is a hint for one request, not for a herd:
@@ -471,6 +462,17 @@ class _Run:
             attempt += 1
             await self.job._wait_while_paused()
             reservation = await self._acquire(request)
+
+    def _failed(
+        self, request: PlannedRequest, error: RequestError, *, attempts: int
+    ) -> Completion:
+        """A failed row's result; the first failure is kept for errors='raise'."""
+        logger.debug("row %d failed: %s", request.first, error)
+        if self.first_error is None:
+            self.first_error = error
+        return Completion(
+            model=request.model.name, attempts=attempts, error=error.message
+        )
 
     def _release(self, reservation: Reservation, used: Usage | None) -> None:
         if used is None:
