@@ -334,15 +334,21 @@ class ResponseCache:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_loop: asyncio.AbstractEventLoop | None = None
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            self._closed = True
+            raise self._unusable(exc) from exc
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="deluge-cache"
         )
         try:
             self._submit(self._open).result()
-        except BaseException:
+        except BaseException as exc:
             self._closed = True
             self._executor.shutdown(wait=True)
+            if isinstance(exc, (sqlite3.Error, OSError)):
+                raise self._unusable(exc) from exc
             raise
 
     # -- sync API
@@ -563,6 +569,12 @@ class ResponseCache:
             # The rows stay queued; the next commit or close() retries them.
             logger.warning("cache: commit to %s failed: %s", self.path, exc)
 
+    def _unusable(self, exc: BaseException) -> ConfigurationError:
+        return ConfigurationError(
+            f"cannot use {self.path} as the response cache ({exc}); give "
+            "cache= another file path, or cache=False to run without a cache"
+        )
+
     # -- jobs (run on the worker thread, under _db_lock)
 
     def _open(self) -> None:
@@ -575,7 +587,7 @@ class ResponseCache:
         )
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000)}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = self._enable_wal(conn)
             if str(mode).lower() != "wal":
                 logger.warning(
                     "cache: %s cannot use WAL mode (got %s); concurrent "
@@ -590,6 +602,21 @@ class ResponseCache:
             raise
         self._conn = conn
         logger.debug("cache: opened %s", self.path)
+
+    def _enable_wal(self, conn: sqlite3.Connection) -> str:
+        # SQLite answers "database is locked" at once, without waiting on
+        # busy_timeout, when two connections switch a new file to WAL
+        # together (two kernels opening a fresh cache), so wait here.
+        deadline = time.monotonic() + self._busy_timeout_s
+        pause = 0.005
+        while True:
+            try:
+                return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         version = _user_version(conn)

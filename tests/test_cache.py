@@ -10,6 +10,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -427,6 +428,29 @@ def _python(script: str, *args: str) -> subprocess.Popen[str]:
     )
 
 
+def test_opening_waits_for_another_connection_switching_the_file(
+    tmp_path: Path,
+) -> None:
+    # Two kernels opening a fresh cache at once: while one holds the write
+    # lock, SQLite refuses the other's switch to WAL at once instead of
+    # waiting on busy_timeout. Opening must wait, not fail.
+    path = tmp_path / "responses.sqlite3"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(0.3, other.execute, args=("COMMIT",))
+    release.start()
+    try:
+        started = time.monotonic()
+        with ResponseCache(path, busy_timeout_s=10) as cache:
+            waited = time.monotonic() - started
+            assert len(cache) == 0
+    finally:
+        release.join()
+        other.close()
+
+    assert waited >= 0.25
+
+
 def test_two_processes_write_one_file_at_once(tmp_path: Path) -> None:
     path = tmp_path / "shared" / "responses.sqlite3"
     go = tmp_path / "go"
@@ -686,3 +710,35 @@ def test_default_path_falls_back_to_xdg_then_home(
     assert default_cache_path() == (
         tmp_path / "local/deluge_nb/Cache/responses.sqlite3"
     )
+
+
+@pytest.mark.parametrize(
+    "make_bad_path",
+    [
+        pytest.param(lambda tmp: tmp, id="a-directory"),
+        pytest.param(
+            lambda tmp: _write(tmp / "notes.txt", "not a database " * 100),
+            id="not-a-database",
+        ),
+        pytest.param(
+            lambda tmp: _write(tmp / "file", "x") / "cache.sqlite3", id="under-a-file"
+        ),
+    ],
+)
+def test_an_unusable_cache_path_says_which_and_what_to_do(
+    tmp_path: Path, make_bad_path: Any
+) -> None:
+    bad = make_bad_path(tmp_path)
+
+    with pytest.raises(ConfigurationError) as raised:
+        ResponseCache(bad)
+
+    message = str(raised.value)
+    assert str(bad) in message
+    assert "cache=False" in message
+    assert isinstance(raised.value.__cause__, (sqlite3.Error, OSError))
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
