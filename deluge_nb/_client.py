@@ -8,10 +8,14 @@ happens in a ``Job`` (see ``_job.py``).
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 import os
 import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, TypeVar
+
+import pandas as pd
 
 from . import _runner
 from ._budget import Budget
@@ -113,16 +117,30 @@ class LLMClient:
             raise ConfigurationError(
                 f"model must be a model name or a list of them, got {model_or_models!r}"
             )
-        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool):
+        _check_count("max_tokens", max_tokens)
+        _check_count("max_attempts", max_attempts)
+        if max_concurrent_requests is not None:
+            _check_count("max_concurrent_requests", max_concurrent_requests)
+        limits = {
+            "max_requests_per_minute": max_requests_per_minute,
+            "max_tokens_per_minute": max_tokens_per_minute,
+            "max_input_tokens_per_minute": max_input_tokens_per_minute,
+            "max_output_tokens_per_minute": max_output_tokens_per_minute,
+        }
+        for name, value in limits.items():
+            if value is not None and not (_is_number(value) and value > 0):
+                raise ConfigurationError(
+                    f"{name} must be a number above 0 (or None to keep the limit "
+                    f"in force), got {value!r}"
+                )
+        if not (_is_number(timeout) and timeout > 0):
             raise ConfigurationError(
-                f"max_tokens must be a whole number, got {max_tokens!r}"
+                f"timeout must be seconds above 0, got {timeout!r}"
             )
-        if max_tokens < 1:
-            raise ConfigurationError(f"max_tokens must be >= 1, got {max_tokens!r}")
-        if max_attempts < 1:
-            raise ConfigurationError(f"max_attempts must be >= 1, got {max_attempts!r}")
-        if not timeout > 0:
-            raise ConfigurationError(f"timeout must be > 0 seconds, got {timeout!r}")
+        if max_cost is not None and not (_is_number(max_cost) and max_cost >= 0):
+            raise ConfigurationError(
+                f"max_cost must be a number of USD, 0 or more, got {max_cost!r}"
+            )
         if errors not in ("store", "raise"):
             raise ConfigurationError(
                 f"errors must be 'store' or 'raise', got {errors!r}"
@@ -147,9 +165,9 @@ class LLMClient:
             limiter_key(first.base_url, self._key_for(first), "+".join(names)),
             defaults=first.default_limits(),
             given={
-                "requests": max_requests_per_minute
+                "requests": _given(max_requests_per_minute)
                 or _registered(first, "max_requests_per_minute"),
-                "tokens": max_tokens_per_minute
+                "tokens": _given(max_tokens_per_minute)
                 or _registered(first, "max_tokens_per_minute"),
                 "input_tokens": max_input_tokens_per_minute,
                 "output_tokens": max_output_tokens_per_minute,
@@ -201,7 +219,7 @@ class LLMClient:
         finalize: Callable[[list[Completion], StatsSnapshot], T] | None = None,
     ) -> Job[Any]:
         """Start a job and return its handle at once."""
-        _check_prompts(prompts)
+        prompts = _checked_prompts(prompts)
         job: Job[Any] = Job(
             self, prompts, finalize=finalize, show_progress=show_progress
         )
@@ -224,14 +242,22 @@ class LLMClient:
             return self._api_key
         if model.api_key_env is None:
             return None
-        key = os.environ.get(model.api_key_env)
-        if not key and model.provider == "openai":
-            raise ConfigurationError(
-                f"model {model.name!r} needs an API key: set {model.api_key_env} or "
-                "pass api_key=. To try deluge_nb without one, use the simulator "
-                "(deluge_nb.sim.serve) or a local model (deluge_nb.local)."
-            )
-        return key or None
+        return os.environ.get(model.api_key_env) or None
+
+    def _check_keys(self) -> None:
+        """Refuse to send without a key a model needs.
+
+        Checked when a job has requests to send, not before: an estimate
+        or a rerun the cache answers whole needs no key.
+        """
+        for model in self.models:
+            if model.api_key_env is not None and self._key_for(model) is None:
+                raise ConfigurationError(
+                    f"model {model.name!r} needs an API key: set "
+                    f"{model.api_key_env} or pass api_key=. To try deluge_nb "
+                    "without one, use the simulator (deluge_nb.sim.serve) or a "
+                    "local model (deluge_nb.local)."
+                )
 
     def _messages(
         self, prompt: str | Sequence[Mapping[str, Any]]
@@ -261,20 +287,59 @@ def _registered(model: ModelInfo, field: str) -> float | None:
     return getattr(model, field) if model.limits_given else None
 
 
-def _check_prompts(prompts: Sequence[Prompt]) -> None:
-    """Refuse what would be sent wrongly: a bare string, non-text items."""
+def is_missing(value: Any) -> bool:
+    """None, NaN, NaT or pd.NA: a cell with no prompt."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return True
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):  # arrays and other containers
+        return False
+
+
+def _is_number(value: Any) -> bool:
+    return (
+        isinstance(value, numbers.Real)
+        and not isinstance(value, bool)
+        and not math.isnan(value)
+    )
+
+
+def _check_count(name: str, value: Any) -> None:
+    if not (isinstance(value, numbers.Integral) and not isinstance(value, bool)):
+        raise ConfigurationError(f"{name} must be a whole number, got {value!r}")
+    if value < 1:
+        raise ConfigurationError(f"{name} must be 1 or more, got {value!r}")
+
+
+def _given(limit: float | None) -> float | None:
+    return None if limit is None else float(limit)
+
+
+def _checked_prompts(prompts: Sequence[Prompt]) -> list[Prompt]:
+    """The prompts, with NaN and pd.NA as None.
+
+    Refuses what would be sent wrongly: a bare string, non-text items.
+    """
     if isinstance(prompts, str | bytes) or not isinstance(prompts, Sequence):
         raise TypeError(
             "prompts must be a list of prompts (strings, lists of chat messages, "
             f"or None), not {type(prompts).__name__}; for one prompt pass [prompt]"
         )
+    checked: list[Prompt] = []
     for position, prompt in enumerate(prompts):
-        if prompt is None or isinstance(prompt, str):
+        if isinstance(prompt, str):
+            checked.append(prompt)
             continue
         if isinstance(prompt, Sequence) and all(isinstance(m, Mapping) for m in prompt):
+            checked.append(prompt)
+            continue
+        if is_missing(prompt):
+            checked.append(None)
             continue
         raise TypeError(
             f"prompt at position {position} is a {type(prompt).__name__}; a prompt "
             "is a string, a list of chat messages ({'role': ..., 'content': ...}) "
             "or None"
         )
+    return checked

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from ._errors import ConfigurationError
 from ._plan import plan_requests
 from ._tokens import is_exact
 from ._types import Usage
@@ -51,6 +52,7 @@ class Estimate:
     wall_time_s: float
     limits: str
     tokens_exact: bool
+    output_is_bound: bool = True
 
     def summary(self) -> dict[str, object]:
         return {
@@ -61,7 +63,11 @@ class Estimate:
             "rows already cached": self.cached_rows,
             "rows that can never fit": self.never_fit_rows,
             "input tokens": self.input_tokens,
-            "output tokens (at most)": self.output_tokens,
+            (
+                "output tokens (at most)"
+                if self.output_is_bound
+                else "output tokens (expected)"
+            ): self.output_tokens,
             "cost, realtime (USD)": round(self.cost_usd, 6),
             "cost, batch (USD)": (
                 None if self.batch_cost_usd is None else round(self.batch_cost_usd, 6)
@@ -94,8 +100,21 @@ def estimate_prompts(
     ``limits`` (``max_requests_per_minute``, ``max_tokens_per_minute``)
     override the client's limiter for the wall-time figure only.
     """
+    if expected_output_tokens is not None and not (
+        isinstance(expected_output_tokens, int)
+        and not isinstance(expected_output_tokens, bool)
+        and expected_output_tokens >= 0
+    ):
+        raise ConfigurationError(
+            "expected_output_tokens must be a whole number, 0 or more, got "
+            f"{expected_output_tokens!r}"
+        )
     plan = plan_requests(client, prompts)
-    output_each = min(client.max_tokens, expected_output_tokens or client.max_tokens)
+    output_each = (
+        client.max_tokens
+        if expected_output_tokens is None
+        else min(client.max_tokens, expected_output_tokens)
+    )
     cached_keys: set[str] = set()
     if client.cache is not None:
         cached_keys = set(client.cache.get_many([r.key for r in plan.requests]))
@@ -181,6 +200,7 @@ def estimate_prompts(
         wall_time_s=minutes * 60.0,
         limits=f"{_fmt(rpm)} requests/min, {_fmt(tpm)} tokens/min",
         tokens_exact=all(is_exact(m.tokenizer) for m in client.models),
+        output_is_bound=expected_output_tokens is None,
     )
 
 

@@ -25,6 +25,7 @@ from ._client import (
     ErrorsMode,
     LLMClient,
     Prompt,
+    is_missing,
 )
 from ._errors import ConfigurationError
 from ._estimate import Estimate, estimate_prompts
@@ -52,15 +53,6 @@ RESULT_DTYPES = {
 }
 
 
-def _is_missing(value: Any) -> bool:
-    if value is None or value is pd.NA or value is pd.NaT:
-        return True
-    try:
-        return bool(pd.isna(value))
-    except (TypeError, ValueError):  # arrays and other containers
-        return False
-
-
 def _as_prompt(value: Any) -> Prompt:
     """A cell as a prompt: text, a list of chat messages, or None."""
     if isinstance(value, str):
@@ -71,7 +63,7 @@ def _as_prompt(value: Any) -> Prompt:
         and all(isinstance(m, Mapping) for m in value)
     ):
         return list(value)
-    if _is_missing(value):
+    if is_missing(value):
         return None
     return format(value)
 
@@ -134,18 +126,37 @@ def render_prompts(frame: pd.DataFrame, prompt: str | None) -> list[Prompt]:
             f"{list(frame.columns)[:20]}"
         )
 
+    repeated = [f for f in fields if isinstance(frame[f], pd.DataFrame)]
+    if repeated:
+        raise ConfigurationError(
+            f"more than one column is named {repeated[0]!r}; rename the columns "
+            "apart before using them in a template"
+        )
+
     columns = [frame[f].tolist() for f in fields]
     prompts: list[Prompt] = []
-    for values in zip(*columns, strict=True):
-        if any(_is_missing(v) for v in values):
+    for position, values in enumerate(zip(*columns, strict=True)):
+        if any(is_missing(v) for v in values):
             prompts.append(None)
-        else:
-            prompts.append(prompt.format_map(dict(zip(fields, values, strict=True))))
+            continue
+        cells = dict(zip(fields, values, strict=True))
+        try:
+            prompts.append(prompt.format_map(cells))
+        except (ValueError, TypeError) as exc:
+            raise ConfigurationError(
+                f"row {position} (index {frame.index[position]!r}) does not fit the "
+                f"template {prompt!r}: {exc}; its values are {cells!r}. Clean the "
+                "column, or drop the format spec"
+            ) from exc
     return prompts
 
 
-def result_names(frame: pd.DataFrame, prefix: str) -> dict[str, str]:
+def result_names(frame: pd.DataFrame, prefix: str | None) -> dict[str, str]:
     """Result column names; refuses to overwrite a column the frame has."""
+    if prefix is None:
+        prefix = ""
+    if not isinstance(prefix, str):
+        raise ConfigurationError(f"prefix must be a string, got {prefix!r}")
     names = {column: f"{prefix}{column}" for column in RESULT_COLUMNS}
     clash = [name for name in names.values() if name in frame.columns]
     if clash:
@@ -231,11 +242,14 @@ class _Accessor:
         max_attempts
             Attempts per row, the first included.
         max_requests_per_minute, max_tokens_per_minute, max_concurrent_requests
-            Limits; by default the model's registry limits.
+            Limits. They are shared per API key and model and stay in force
+            for later calls until changed; the first call on a model starts
+            from its registry limits, as does the next call after
+            ``register_model`` registers that name again.
         progress
             ``"auto"``, ``"tqdm"``, ``"manual"`` (a line every 30 s) or None.
         prefix
-            Put before each result column's name.
+            Put before each result column's name; None or "" for none.
         errors
             ``"store"``: a failed row gets its ``error``; ``"raise"``: the
             first failure stops the job and is raised.

@@ -305,6 +305,8 @@ class _Run:
             self.stats.skipped += len(plan.missing)
 
             pending = await self._answer_from_cache(plan.requests)
+            if pending:
+                self.client._check_keys()
             await self._dispatch(pending)
             while self.tasks:
                 await asyncio.wait(set(self.tasks))

@@ -386,10 +386,18 @@ class Limiter:
             bucket = self.buckets[name]
             if not bucket.fits(amount):
                 what = "input estimate + max_tokens" if name == "tokens" else name
+                option = f"max_{name}_per_minute"
+                origin = (
+                    f"set by {option} in this or an earlier call: limits stay in "
+                    "force per API key and model until changed"
+                    if bucket.explicit
+                    else "the server's or the registry's"
+                )
                 return (
                     f"request needs {amount:.0f} tokens ({what}) but the limit is "
-                    f"{bucket.per_minute:.0f} {_LABELS[name]}; it can never be "
-                    "sent. Lower max_tokens or shorten the prompt."
+                    f"{bucket.per_minute:.0f} {_LABELS[name]} ({origin}); it can "
+                    f"never be sent. Raise {option}, lower max_tokens or shorten "
+                    "the prompt."
                 )
         return None
 
@@ -642,6 +650,18 @@ def limiter_key(base_url: str, api_key: str | None, group: str) -> tuple[str, st
     """The key one budget is shared under; the API key enters only hashed."""
     digest = hashlib.sha256((api_key or "").encode()).hexdigest()[:16]
     return (base_url, digest, group)
+
+
+def forget_limiters(model: str) -> None:
+    """Drop the shared limiters of every group that includes ``model``.
+
+    The next call then starts from the model's registry entry instead of
+    the limits an earlier call left in force. A job already running keeps
+    its limiter.
+    """
+    with _registry_lock:
+        for key in [k for k in _registry if model in k[2].split("+")]:
+            del _registry[key]
 
 
 def get_limiter(

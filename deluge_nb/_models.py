@@ -14,8 +14,12 @@ import re
 import threading
 from dataclasses import dataclass, replace
 from importlib import resources
+from urllib.parse import urlsplit
+
+import tiktoken
 
 from ._errors import ConfigurationError, ImplausiblePriceError, UnknownModelError
+from ._limits import forget_limiters
 from ._types import Usage
 
 PROVIDERS = ("openai", "openai-compatible", "anthropic")
@@ -267,11 +271,23 @@ def register_model(
     )
     if not info.base_url:
         raise ConfigurationError(f"model {name!r}: base_url is required")
+    if urlsplit(info.base_url).scheme not in ("http", "https"):
+        raise ConfigurationError(
+            f"model {name!r}: base_url must start with http:// or https://, got "
+            f"{info.base_url!r}"
+        )
+    if tokenizer is not None and tokenizer not in tiktoken.list_encoding_names():
+        raise ConfigurationError(
+            f"model {name!r}: tokenizer {tokenizer!r} is not a tiktoken encoding; "
+            f"use one of {tiktoken.list_encoding_names()}, or None for an estimate"
+        )
     _validate(info)
     with _lock:
         if not _registry:
             _load_builtin()
         _registry[name] = info
+    # Limits an earlier call set for this name end with the old entry.
+    forget_limiters(name)
     return info
 
 

@@ -37,6 +37,7 @@ class StatsSnapshot:
             "succeeded": self.succeeded,
             "failed": self.failed,
             "skipped": self.skipped,
+            "cancelled": self.total - self.done,
             "cached": self.cached,
             "retries": self.retries,
             "rate_limited": self.rate_limited,

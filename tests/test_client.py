@@ -214,12 +214,76 @@ def test_api_key_never_reaches_logs_reprs_or_errors(
     assert not any(canary in t for t in texts)
 
 
-def test_missing_openai_key_fails_early_with_a_clear_message(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize(
+    ("model", "variable"),
+    [("gpt-4o-mini", "OPENAI_API_KEY"), ("claude-haiku-4-5", "ANTHROPIC_API_KEY")],
+)
+def test_a_missing_key_fails_before_sending_with_a_clear_message(
+    monkeypatch: pytest.MonkeyPatch, model: str, variable: str
 ) -> None:
+    monkeypatch.delenv(variable, raising=False)
+    client = LLMClient(model, progress=None, cache=False)
+    started = time.monotonic()
+    with pytest.raises(deluge_nb.ConfigurationError, match=variable):
+        client.process_prompts_sync(["hello"])
+    assert time.monotonic() - started < 1.0  # refused, not tried offline
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "claude-haiku-4-5"])
+def test_estimate_needs_no_api_key(monkeypatch: pytest.MonkeyPatch, model: str) -> None:
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    with pytest.raises(deluge_nb.ConfigurationError, match="OPENAI_API_KEY"):
-        LLMClient("gpt-4o-mini")
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    frame = pd.DataFrame({"review": ["great", "bad"]})
+
+    report = frame.deluge.estimate(
+        model, prompt="Sentiment of: {review}", max_tokens=20
+    )
+    dry = frame.deluge.complete(
+        model, prompt="Sentiment of: {review}", max_tokens=20, dry_run=True
+    )
+
+    assert isinstance(dry, type(report))
+    assert report.requests == dry.requests == 2
+    assert report.cost_usd > 0
+
+
+def test_a_fully_cached_rerun_needs_no_key(
+    sim: object, tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    register_model(
+        "sim-keyed",
+        base_url=sim.base_url,  # type: ignore[attr-defined]
+        api_key_env="DELUGE_TEST_SIM_KEY",
+        tokenizer="o200k_base",
+    )
+    cache = tmp_path / "responses.sqlite3"  # type: ignore[operator]
+    frame = pd.DataFrame({"p": [echo("a"), echo("b")]})
+    monkeypatch.setenv("DELUGE_TEST_SIM_KEY", "sk-test")
+    first = frame.deluge.complete("sim-keyed", prompt="p", progress=None, cache=cache)
+    sent = sim.stats()["requests"]  # type: ignore[attr-defined]
+
+    # As after a kernel restart without the key: every row is cached.
+    monkeypatch.delenv("DELUGE_TEST_SIM_KEY")
+    again = frame.deluge.complete("sim-keyed", prompt="p", progress=None, cache=cache)
+
+    assert again["response"].tolist() == first["response"].tolist() == ["a", "b"]
+    assert again["cached"].tolist() == [True, True]
+    assert sim.stats()["requests"] == sent  # type: ignore[attr-defined]
+    more = pd.DataFrame({"p": [echo("a"), echo("new")]})
+    with pytest.raises(deluge_nb.ConfigurationError, match="DELUGE_TEST_SIM_KEY"):
+        more.deluge.complete("sim-keyed", prompt="p", progress=None, cache=cache)
+    assert sim.stats()["requests"] == sent  # type: ignore[attr-defined]
+
+
+def test_nan_and_na_prompts_are_missing_like_none(sim: object) -> None:
+    client = LLMClient("sim-client", progress=None, cache=False)
+    prompts = pd.Series([echo("a"), float("nan"), pd.NA, None], dtype=object)
+
+    results = client.process_prompts_sync(prompts.tolist())
+
+    assert [r.response for r in results] == ["a", None, None, None]
+    assert [r.error for r in results] == [None] * 4
+    assert sim.stats()["requests"] == 1  # type: ignore[attr-defined]
 
 
 def test_manual_progress_prints_a_line(
@@ -313,11 +377,23 @@ def test_prompts_that_would_be_sent_wrongly_are_refused(
         ({"model_or_models": None}, "model must be"),
         ({"model_or_models": "sim-client", "max_tokens": "10"}, "whole number"),
         ({"model_or_models": "sim-client", "max_tokens": 10.5}, "whole number"),
+        ({"max_requests_per_minute": 0}, "max_requests_per_minute"),
+        ({"max_requests_per_minute": "60"}, "max_requests_per_minute"),
+        ({"max_tokens_per_minute": 0}, "max_tokens_per_minute"),
+        ({"max_tokens_per_minute": True}, "max_tokens_per_minute"),
+        ({"max_input_tokens_per_minute": -1}, "max_input_tokens_per_minute"),
+        ({"max_concurrent_requests": 2.5}, "max_concurrent_requests"),
+        ({"max_concurrent_requests": 0}, "max_concurrent_requests"),
+        ({"timeout": "1"}, "timeout"),
+        ({"timeout": None}, "timeout"),
+        ({"max_attempts": 1.5}, "max_attempts"),
+        ({"max_cost": "5"}, "max_cost"),
     ],
 )
 def test_bad_arguments_get_clear_errors(
     kwargs: dict[str, object], message: str
 ) -> None:
+    kwargs.setdefault("model_or_models", "sim-client")
     with pytest.raises(deluge_nb.ConfigurationError, match=message):
         LLMClient(**kwargs)  # type: ignore[arg-type]
 

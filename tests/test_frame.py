@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -243,3 +244,63 @@ def test_estimate_limits_do_not_change_later_calls(sim: object) -> None:
     assert "600 tokens/min" in est.limits
     after = deluge_nb.LLMClient("sim-frame").limiter.snapshot()
     assert after.max_tokens_per_minute == before.max_tokens_per_minute
+
+
+@pytest.mark.parametrize("prefix", [None, ""])
+def test_no_prefix_by_none_or_empty(sim: object, prefix: str | None) -> None:
+    out = complete(pd.DataFrame({"t": [ECHO + "a"]}), prompt="t", prefix=prefix)
+    assert out.columns.tolist()[:2] == ["t", "response"]
+    assert out["response"].tolist() == ["a"]
+
+
+def test_a_prefix_that_is_not_text_is_refused(sim: object) -> None:
+    with pytest.raises(ConfigurationError, match="prefix must be a string"):
+        complete(pd.DataFrame({"t": [ECHO + "a"]}), prompt="t", prefix=3)
+    assert sim.stats()["requests"] == 0  # type: ignore[attr-defined]
+
+
+def test_a_cell_its_format_spec_cannot_take_names_its_row(sim: object) -> None:
+    df = pd.DataFrame({"x": [1.5, "n/a", 2.0]}, index=["r1", "r2", "r3"], dtype=object)
+
+    for call in (complete, lambda f, **o: f.deluge.estimate("sim-frame", **o)):
+        with pytest.raises(ConfigurationError) as raised:
+            call(df, prompt=ECHO + "{x:.1f}")
+        message = str(raised.value)
+        assert "row 1" in message and "'r2'" in message and "'n/a'" in message
+
+    assert sim.stats()["requests"] == 0  # type: ignore[attr-defined]
+
+
+def test_a_template_over_a_repeated_column_name_is_refused(sim: object) -> None:
+    df = pd.DataFrame([["a", "b"]], columns=["text", "text"])
+    with pytest.raises(ConfigurationError, match="more than one column is named"):
+        complete(df, prompt=ECHO + "{text}")
+
+
+def test_a_limit_left_by_an_earlier_call_is_named_and_ends_on_reregistering(
+    sim: object,
+) -> None:
+    register_model("sim-frame-tpm", base_url=sim.base_url, tokenizer="o200k_base")  # type: ignore[attr-defined]
+    df = pd.DataFrame({"t": [ECHO + "a"]})
+    complete_tpm = partial(df.deluge.complete, "sim-frame-tpm", prompt="t")
+    complete_tpm(progress=None, max_tokens_per_minute=10)
+
+    later = complete_tpm(progress=None)  # gives no limit: 10 stays in force
+    assert "max_tokens_per_minute in this or an earlier call" in later["error"][0]
+
+    register_model("sim-frame-tpm", base_url=sim.base_url, tokenizer="o200k_base")  # type: ignore[attr-defined]
+    again = complete_tpm(progress=None)
+    assert again["response"].tolist() == ["a"]
+
+
+def test_estimate_output_tokens_expected_or_bounded(sim: object) -> None:
+    df = pd.DataFrame({"t": ["a", "b", "c"]})
+    bound = df.deluge.estimate("sim-frame", prompt="t", max_tokens=50)
+    expected = df.deluge.estimate(
+        "sim-frame", prompt="t", max_tokens=50, expected_output_tokens=5
+    )
+
+    assert bound.summary()["output tokens (at most)"] == 150
+    assert expected.summary()["output tokens (expected)"] == 15
+    with pytest.raises(ConfigurationError, match="expected_output_tokens"):
+        df.deluge.estimate("sim-frame", prompt="t", expected_output_tokens=-5)

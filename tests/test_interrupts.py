@@ -53,6 +53,8 @@ def test_k12_cancel_keeps_finished_rows_and_stops_within_a_second(
     assert (out.loc[~done, "error"] == CANCELLED).all()
     assert job.stats.state == "stopped"
     assert job.stats.limiter.in_flight == 0
+    totals = out.attrs["deluge"]
+    assert (totals["rows"], totals["succeeded"], totals["cancelled"]) == (10, 3, 7)
 
 
 def _sigint_to_process() -> None:

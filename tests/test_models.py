@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 import deluge_nb
-from deluge_nb import ImplausiblePriceError, UnknownModelError, Usage
+from deluge_nb import (
+    ConfigurationError,
+    ImplausiblePriceError,
+    UnknownModelError,
+    Usage,
+)
 from deluge_nb._models import get_model, register_model
 
 
@@ -73,3 +78,17 @@ def test_dated_snapshot_uses_its_family() -> None:
     info = get_model("gpt-4o-mini-2024-07-18")
     assert info.api_model == "gpt-4o-mini-2024-07-18"
     assert info.input_price == get_model("gpt-4o-mini").input_price
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"base_url": "127.0.0.1:8000/v1"}, "http:// or https://"),
+        ({"base_url": "http://127.0.0.1:8000/v1", "tokenizer": "nope"}, "tiktoken"),
+    ],
+)
+def test_register_model_refuses_what_would_fail_every_row(
+    options: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        register_model("my-llm", **options)
