@@ -97,8 +97,9 @@ def estimate_prompts(
 ) -> Estimate:
     """Plan ``prompts`` as a job would and price it; sends nothing.
 
-    ``limits`` (``max_requests_per_minute``, ``max_tokens_per_minute``)
-    override the client's limiter for the wall-time figure only.
+    ``limits`` (``max_requests_per_minute``, ``max_tokens_per_minute`` and
+    their input and output forms) override the client's limiter for the
+    wall-time figure only.
     """
     if expected_output_tokens is not None and not (
         isinstance(expected_output_tokens, int)
@@ -169,11 +170,15 @@ def estimate_prompts(
     limits = limits or {}
     rpm = limits.get("max_requests_per_minute") or snap.max_requests_per_minute
     tpm = limits.get("max_tokens_per_minute") or snap.max_tokens_per_minute
+    itpm = limits.get("max_input_tokens_per_minute") or snap.max_input_tokens_per_minute
+    otpm = (
+        limits.get("max_output_tokens_per_minute") or snap.max_output_tokens_per_minute
+    )
     minutes = max(
         _minutes(sent, rpm),
         _minutes(reserve, tpm),
-        _minutes(total_in, snap.max_input_tokens_per_minute),
-        _minutes(sent * client.max_tokens, snap.max_output_tokens_per_minute),
+        _minutes(total_in, itpm),
+        _minutes(sent * client.max_tokens, otpm),
     )
     rows = pd.DataFrame(
         {

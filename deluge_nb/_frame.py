@@ -36,6 +36,8 @@ from ._types import RESULT_COLUMNS, Completion
 LIMIT_OPTIONS = (
     "max_requests_per_minute",
     "max_tokens_per_minute",
+    "max_input_tokens_per_minute",
+    "max_output_tokens_per_minute",
     "max_concurrent_requests",
 )
 
@@ -212,6 +214,8 @@ class _Accessor:
         max_requests_per_minute: float | None = None,
         max_tokens_per_minute: float | None = None,
         max_concurrent_requests: int | None = None,
+        max_input_tokens_per_minute: float | None = None,
+        max_output_tokens_per_minute: float | None = None,
         progress: Any = "auto",
         prefix: str = "",
         errors: ErrorsMode = "store",
@@ -246,6 +250,9 @@ class _Accessor:
             for later calls until changed; the first call on a model starts
             from its registry limits, as does the next call after
             ``register_model`` registers that name again.
+        max_input_tokens_per_minute, max_output_tokens_per_minute
+            For providers that limit input and output tokens apart
+            (Anthropic).
         progress
             ``"auto"``, ``"tqdm"``, ``"manual"`` (a line every 30 s) or None.
         prefix
@@ -281,6 +288,8 @@ class _Accessor:
             "max_requests_per_minute": max_requests_per_minute,
             "max_tokens_per_minute": max_tokens_per_minute,
             "max_concurrent_requests": max_concurrent_requests,
+            "max_input_tokens_per_minute": max_input_tokens_per_minute,
+            "max_output_tokens_per_minute": max_output_tokens_per_minute,
             "progress": progress,
             "errors": errors,
             "api_key": api_key,

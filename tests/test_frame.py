@@ -304,3 +304,23 @@ def test_estimate_output_tokens_expected_or_bounded(sim: object) -> None:
     assert expected.summary()["output tokens (expected)"] == 15
     with pytest.raises(ConfigurationError, match="expected_output_tokens"):
         df.deluge.estimate("sim-frame", prompt="t", expected_output_tokens=-5)
+
+
+def test_complete_takes_input_and_output_token_limits(sim: object) -> None:
+    register_model("sim-frame-io", base_url=sim.base_url, tokenizer="o200k_base")  # type: ignore[attr-defined]
+    df = pd.DataFrame({"t": [ECHO + "a", ECHO + "b"]})
+    limits = {"max_input_tokens_per_minute": 600, "max_output_tokens_per_minute": 60}
+
+    report = df.deluge.estimate("sim-frame-io", prompt="t", max_tokens=30, **limits)
+    out = df.deluge.complete(
+        "sim-frame-io", prompt="t", max_tokens=30, progress=None, **limits
+    )
+
+    # Two requests reserve 60 output tokens: a minute at 60/min.
+    assert report.wall_time_s == pytest.approx(60.0, rel=0.05)
+    assert out["response"].tolist() == ["a", "b"]
+    snap = out.attrs["deluge"]
+    limiter = deluge_nb.LLMClient("sim-frame-io").limiter.snapshot()
+    assert snap["succeeded"] == 2
+    assert limiter.max_input_tokens_per_minute == 600
+    assert limiter.max_output_tokens_per_minute == 60
