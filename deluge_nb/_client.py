@@ -203,13 +203,15 @@ class LLMClient:
                 "a blocking deluge_nb call was made from inside a running job; "
                 "use process_prompts_async there"
             )
-        return self.submit(prompts, show_progress=show_progress).result()
+        job: Job[list[Completion]] = self.submit(prompts, show_progress=show_progress)
+        return job.result()
 
     async def process_prompts_async(
         self, prompts: Sequence[Prompt], show_progress: bool = True
     ) -> list[Completion]:
         """The awaitable form of ``process_prompts_sync``."""
-        return await self.submit(prompts, show_progress=show_progress)
+        job: Job[list[Completion]] = self.submit(prompts, show_progress=show_progress)
+        return await job
 
     def submit(
         self,

@@ -20,6 +20,16 @@ on. ``errors="raise"`` raises the first one instead.
 
 from __future__ import annotations
 
+from typing import TypedDict
+
+
+class ErrorContext(TypedDict):
+    """Where a request failed: the keywords every ``RequestError`` takes."""
+
+    row: int | None
+    model: str | None
+    attempt: int | None
+
 
 class DelugeError(Exception):
     """Base class of every error deluge_nb raises."""
@@ -94,8 +104,16 @@ class RequestTooLargeError(RequestError):
 class APIStatusError(RequestError):
     """The server answered with an error status."""
 
-    def __init__(self, message: str, *, status: int, **kwargs: object) -> None:
-        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        row: int | None = None,
+        model: str | None = None,
+        attempt: int | None = None,
+    ) -> None:
+        super().__init__(message, row=row, model=model, attempt=attempt)
         self.status = status
 
 

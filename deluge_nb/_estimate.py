@@ -85,7 +85,8 @@ class Estimate:
     def _repr_html_(self) -> str:
         frame = pd.DataFrame({"value": [str(v) for v in self.summary().values()]})
         frame.index = pd.Index(list(self.summary()))
-        return "<b>deluge_nb estimate</b>" + frame.to_html(header=False)
+        table: str = frame.to_html(header=False)
+        return "<b>deluge_nb estimate</b>" + table
 
 
 def estimate_prompts(

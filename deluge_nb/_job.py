@@ -40,6 +40,7 @@ from ._errors import (
     APIConnectionError,
     APIStatusError,
     APITimeoutError,
+    ErrorContext,
     RateLimitError,
     RequestError,
     RequestTooLargeError,
@@ -499,7 +500,11 @@ class _Run:
             model, request.messages, self.params, client._key_for(model)
         )
         session = await _runner.get_session()
-        where = {"row": request.first, "model": model.name, "attempt": attempt}
+        where: ErrorContext = {
+            "row": request.first,
+            "model": model.name,
+            "attempt": attempt,
+        }
         try:
             async with session.post(
                 spec.url,

@@ -700,9 +700,9 @@ def get_limiter(
             _registry[key] = limiter
             return limiter
 
-        for name, value in given.items():
-            if value is not None:
-                limiter.buckets[name].set_limit(value)
+        for name, limit in given.items():
+            if limit is not None:
+                limiter.buckets[name].set_limit(limit)
         if max_concurrent_requests is not None:
             limiter.set_limits(max_concurrent_requests=max_concurrent_requests)
         return limiter

@@ -375,7 +375,7 @@ class Panel:
         if show:
             from IPython.display import display
 
-            display(self)
+            display(self)  # type: ignore[no-untyped-call]  # IPython is untyped
 
     # -- the view protocol ------------------------------------------------
 

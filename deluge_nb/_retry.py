@@ -43,8 +43,9 @@ def backoff_delay(attempt: int, rng: random.Random | None = None) -> float:
 
     ``attempt`` is the 1-based number of the attempt that failed.
     """
-    ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** max(0, attempt - 1))
-    return ceiling * (0.5 + 0.5 * (rng or random).random())
+    ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2.0 ** max(0, attempt - 1))
+    draw = rng.random() if rng is not None else random.random()
+    return ceiling * (0.5 + 0.5 * draw)
 
 
 def parse_retry_after(
