@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import os
 import re
 import threading
 from dataclasses import dataclass, replace
@@ -29,6 +30,13 @@ DEFAULT_BASE_URLS = {
     "anthropic": "https://api.anthropic.com/v1",
 }
 DEFAULT_KEY_ENVS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+# The variables the official SDKs read to send a provider's requests elsewhere
+# (a proxy, a gateway), with the path they leave out: OPENAI_BASE_URL ends in
+# /v1 already, ANTHROPIC_BASE_URL is the host alone.
+BASE_URL_ENVS = {
+    "openai": ("OPENAI_BASE_URL", ""),
+    "anthropic": ("ANTHROPIC_BASE_URL", "/v1"),
+}
 
 # Published prices run from a few thousandths of a dollar (cached input of
 # the smallest models) to a few hundred dollars per million tokens. A price
@@ -186,16 +194,40 @@ def get_model(name: str) -> ModelInfo:
         if info is None:
             family = _registry.get(_DATED_SUFFIX.sub("", name))
             if family is not None:
-                return replace(family, name=name, api_model=name)
-            close = difflib.get_close_matches(name, list(_registry), n=3)
+                info = replace(family, name=name, api_model=name)
+            else:
+                close = difflib.get_close_matches(name, list(_registry), n=3)
     if info is not None:
-        return info
+        return _with_base_url_from_env(info)
     hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
     raise UnknownModelError(
         f"unknown model {name!r}.{hint} For a model of your own (any "
         "OpenAI-compatible server), call deluge_nb.register_model(name, "
         "base_url=..., input_price=..., output_price=...)."
     )
+
+
+def _with_base_url_from_env(info: ModelInfo) -> ModelInfo:
+    """``info`` sent where ``OPENAI_BASE_URL``/``ANTHROPIC_BASE_URL`` say.
+
+    Only a model still on its provider's default endpoint moves; one
+    registered with a ``base_url`` of its own keeps it.
+    """
+    if info.provider not in BASE_URL_ENVS:
+        return info
+    if info.base_url != DEFAULT_BASE_URLS[info.provider]:
+        return info
+    variable, path = BASE_URL_ENVS[info.provider]
+    url = os.environ.get(variable, "").strip().rstrip("/")
+    if not url:
+        return info
+    if urlsplit(url).scheme not in ("http", "https"):
+        raise ConfigurationError(
+            f"{variable} must start with http:// or https://, got {url!r}"
+        )
+    if path and not url.endswith(path):
+        url += path
+    return replace(info, base_url=url)
 
 
 def register_model(

@@ -92,3 +92,28 @@ def test_register_model_refuses_what_would_fail_every_row(
 ) -> None:
     with pytest.raises(ConfigurationError, match=message):
         register_model("my-llm", **options)
+
+
+def test_openai_base_url_moves_builtin_models_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1/")
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", "http://127.0.0.1:8")
+    register_model("own-endpoint", base_url="http://127.0.0.1:7/v1")
+
+    assert get_model("gpt-4o-mini").base_url == "http://127.0.0.1:9/v1"
+    assert get_model("gpt-4o-mini-2024-07-18").base_url == "http://127.0.0.1:9/v1"
+    anthropic = [m for m in deluge_nb.known_models() if m.startswith("claude")][0]
+    assert get_model(anthropic).base_url == "http://127.0.0.1:8/v1"
+    assert get_model("own-endpoint").base_url == "http://127.0.0.1:7/v1"
+
+    monkeypatch.delenv("OPENAI_BASE_URL")
+    assert get_model("gpt-4o-mini").base_url == "https://api.openai.com/v1"
+
+
+def test_openai_base_url_without_a_scheme_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", "localhost:8000/v1")
+    with pytest.raises(ConfigurationError, match="OPENAI_BASE_URL"):
+        get_model("gpt-4o-mini")
