@@ -21,6 +21,7 @@ rules can be tested by moving a fake clock instead of sleeping.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import math
@@ -44,6 +45,10 @@ DEFAULT_MAX_CONCURRENT = 64
 CUT_FACTOR = 0.7
 MIN_CUT_FRACTION = 0.05
 RECOVERY_PER_S = 0.01
+
+
+class NeverFitsError(ValueError):
+    """A request is larger than a per-minute limit: it can never be sent."""
 
 
 class _Entry:
@@ -413,8 +418,10 @@ class Limiter:
         ``tokens`` is the input estimate plus ``max_tokens``;
         ``input_tokens`` and ``output_tokens`` count against the input and
         output limits where a provider has them. Requests are admitted in
-        arrival order. Raises ``ValueError`` at once for a request that can
-        never fit.
+        arrival order. Raises ``NeverFitsError`` for a request that can
+        never fit: at once, or as soon as a limit drops below it while it
+        waits (a server's headers, a slider, another call's limits), so
+        that it never holds up the requests behind it.
         """
         amounts = {
             "requests": 1.0,
@@ -422,15 +429,18 @@ class Limiter:
             "input_tokens": float(input_tokens),
             "output_tokens": float(output_tokens),
         }
-        problem = self.check_fits(
-            tokens, input_tokens=input_tokens, output_tokens=output_tokens
+        fits = functools.partial(
+            self.check_fits,
+            tokens,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
         )
-        if problem:
-            raise ValueError(problem)
-
         admission, changed = self._primitives()
         async with admission:
             while True:
+                problem = fits()
+                if problem:
+                    raise NeverFitsError(problem)
                 now = self.clock()
                 wait = self._wait_time(amounts, now)
                 if wait == 0.0:
@@ -700,9 +710,11 @@ def get_limiter(
             _registry[key] = limiter
             return limiter
 
-        for name, limit in given.items():
-            if limit is not None:
-                limiter.buckets[name].set_limit(limit)
-        if max_concurrent_requests is not None:
-            limiter.set_limits(max_concurrent_requests=max_concurrent_requests)
+        limiter.set_limits(
+            max_requests_per_minute=given.get("requests"),
+            max_tokens_per_minute=given.get("tokens"),
+            max_input_tokens_per_minute=given.get("input_tokens"),
+            max_output_tokens_per_minute=given.get("output_tokens"),
+            max_concurrent_requests=max_concurrent_requests,
+        )
         return limiter

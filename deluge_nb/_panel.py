@@ -99,6 +99,11 @@ class JobControls(Protocol):
 
     def cancel(self) -> None: ...
 
+    @property
+    def largest_request_tokens(self) -> float:
+        """Tokens/min below which a row still to send could never go."""
+        ...
+
 
 # -- formatting ----------------------------------------------------------
 
@@ -560,18 +565,27 @@ class Panel:
                     return
                 self._touched[name] = time.monotonic()
                 self._shown[(id(self.sliders[name]), "value")] = change["new"]
-                self._apply(name, change["new"])
+                if not self._apply(name, change["new"]):
+                    self._sync_sliders(None, force=True)
 
         return changed
 
-    def _apply(self, name: str, value: float) -> None:
+    def _apply(self, name: str, value: float) -> bool:
+        """Set the limit; False if it was raised to what the job needs."""
         assert self._limiter is not None
         if name == "requests":
             self._limiter.set_limits(max_requests_per_minute=value)
         elif name == "tokens":
-            self._limiter.set_limits(max_tokens_per_minute=value)
+            # Below its largest request a job could never send that row:
+            # a slider dragged too far slows the job, it does not fail rows.
+            floor = 0.0
+            if self._controls is not None:
+                floor = self._controls.largest_request_tokens
+            self._limiter.set_limits(max_tokens_per_minute=max(value, floor))
+            return value >= floor
         else:
             self._limiter.set_limits(max_concurrent_requests=int(value))
+        return True
 
     def _sync_sliders(self, snap: StatsSnapshot | None, force: bool = False) -> None:
         """Move a slider to the setting in force when someone else changed it."""

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Callable
 
 import pytest
 
-from deluge_nb._limits import WINDOW_S, Limiter, RateBucket
+from deluge_nb._headers import parse_rate_limit_headers
+from deluge_nb._limits import WINDOW_S, Limiter, NeverFitsError, RateBucket
 
 
 def admit_all(
@@ -192,6 +194,36 @@ async def test_acquire_rejects_a_request_that_can_never_fit() -> None:
     limiter = Limiter(60, 1000, 4)
     with pytest.raises(ValueError, match="can never be sent"):
         await limiter.acquire(5000)
+    assert limiter.in_flight == 0
+
+
+@pytest.mark.parametrize(
+    "lower",
+    [
+        lambda lim: lim.set_limits(max_tokens_per_minute=1000),  # a slider
+        lambda lim: lim.observe(  # a server's headers
+            parse_rate_limit_headers({"x-ratelimit-limit-tokens": "1000"}, 0.0), 0.0
+        ),
+    ],
+    ids=["set_limits", "headers"],
+)
+async def test_a_waiting_request_fails_when_a_limit_drops_below_it(
+    lower: Callable[[Limiter], None],
+) -> None:
+    limiter = Limiter(math.inf, 10_000, 1, explicit=False)
+    limiter.probing = False
+    held = await limiter.acquire(1500)
+    big = asyncio.ensure_future(limiter.acquire(1500))
+    small = asyncio.ensure_future(limiter.acquire(500))
+    await asyncio.sleep(0.01)
+    assert not big.done()
+
+    lower(limiter)
+    # The big one can never go now: it fails instead of blocking the queue.
+    with pytest.raises(NeverFitsError, match="can never be sent"):
+        await asyncio.wait_for(big, timeout=1)
+    limiter.release(held, 100)
+    limiter.release(await asyncio.wait_for(small, timeout=5))
     assert limiter.in_flight == 0
 
 

@@ -74,6 +74,7 @@ class FakeControls:
     def __init__(self) -> None:
         self.calls: list[str] = []
         self._paused = False
+        self.largest_request_tokens = 0.0
 
     @property
     def paused(self) -> bool:
@@ -392,6 +393,21 @@ def test_moving_sliders_changes_the_live_limiter(limiter: Limiter) -> None:
     assert snap.max_requests_per_minute == 300
     assert snap.configured_tokens_per_minute == 20_000
     assert snap.max_concurrent_requests == 2
+
+
+def test_tokens_slider_stops_at_the_jobs_largest_request(limiter: Limiter) -> None:
+    controls = FakeControls()
+    controls.largest_request_tokens = 1_100  # e.g. 76 prompt tokens + 1024
+    panel = make_panel(limiter, controls)
+
+    frontend_slide(panel.sliders["tokens"], 1_000)  # the lowest option
+    # Below 1,100 that row could never be sent: the limit stops there and
+    # the slider shows it.
+    assert limiter.snapshot().configured_tokens_per_minute == 1_100
+    assert panel.sliders["tokens"].value == 1_100
+
+    frontend_slide(panel.sliders["tokens"], 2_000)
+    assert limiter.snapshot().configured_tokens_per_minute == 2_000
 
 
 def test_no_limit_option_lifts_the_limit(limiter: Limiter) -> None:

@@ -133,6 +133,7 @@ def test_panel_gets_the_limiter_and_the_controls(
 ) -> None:
     class Controls:
         paused = False
+        largest_request_tokens = 0.0
 
         def pause(self) -> None: ...
 
@@ -367,6 +368,20 @@ def test_manual_view_writes_one_line_per_update(limiter: Limiter) -> None:
     assert lines[0].startswith("[deluge] 0/3 rows")
     assert lines[1].startswith("[deluge] 3/3 rows")
     assert "$0.0042" in lines[1]
+
+
+def test_manual_view_says_a_finished_state_once(limiter: Limiter) -> None:
+    buffer = io.StringIO()
+    view = ManualView(stream=buffer)
+    view.update(finished(limiter))  # the first refresh saw the job done
+    view.close(finished(limiter))
+    assert len(buffer.getvalue().splitlines()) == 1
+
+
+def test_the_text_line_says_paused(limiter: Limiter) -> None:
+    stats = JobStats(total=3, limiter=limiter)
+    stats.state = "paused"
+    assert stats.snapshot().line().endswith("| paused")
 
 
 def test_plain_tqdm_view_writes_text(limiter: Limiter) -> None:
