@@ -28,7 +28,7 @@ import concurrent.futures
 import json
 import logging
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -47,7 +47,7 @@ from ._errors import (
     ServerError,
 )
 from ._headers import parse_rate_limit_headers
-from ._limits import Reservation
+from ._limits import NeverFitsError, Reservation
 from ._plan import PlannedRequest, plan_requests
 from ._progress import close_quietly, drive, make_view
 from ._retry import is_retryable_status, parse_retry_after, retry_delay
@@ -100,6 +100,8 @@ class Job(Generic[T]):
         self._resumed: asyncio.Event | None = None
         self._budget = Budget(client.max_cost)
         self._stats.max_cost_usd = client.max_cost
+        # Known once the job is planned; max_tokens is a floor until then.
+        self.largest_request_tokens = float(client.max_tokens)
         self.progress: Any = None
 
     # -- control ---------------------------------------------------------
@@ -295,6 +297,7 @@ class _Run:
         self.budget = job._budget
         self.tasks: set[asyncio.Task[None]] = set()
         self.first_error: RequestError | None = None
+        self.cache_warned = False
         self.params = client.request_params()
 
     async def run(self, prompts: Sequence[Prompt]) -> None:
@@ -308,6 +311,14 @@ class _Run:
             pending = await self._answer_from_cache(plan.requests)
             if pending:
                 self.client._check_keys()
+            self.job.largest_request_tokens = max(
+                (
+                    r.input_estimate + self.client.max_tokens
+                    for r in pending
+                    if r.problem is None
+                ),
+                default=float(self.client.max_tokens),
+            )
             await self._dispatch(pending)
             while self.tasks:
                 await asyncio.wait(set(self.tasks))
@@ -323,7 +334,7 @@ class _Run:
         finally:
             if self.cache is not None:
                 # Finished rows must survive an interrupt or a crash.
-                await self.cache.aflush()
+                await self._cache_write(self.cache.aflush())
         if self.first_error is not None and self.client.errors == "raise":
             raise self.first_error
 
@@ -347,9 +358,8 @@ class _Run:
         return pending
 
     async def _dispatch(self, requests: list[PlannedRequest]) -> None:
-        client = self.client
         for index, request in enumerate(requests):
-            if self.first_error is not None and client.errors == "raise":
+            if self.raising:
                 return
             if request.problem is not None:
                 error = RequestTooLargeError(
@@ -369,10 +379,24 @@ class _Run:
                 return
 
             await self.job._wait_while_paused()
-            reservation = await self._acquire(request)
+            try:
+                reservation = await self._acquire(request, attempt=1)
+            except RequestTooLargeError as error:
+                self.budget.settle(worst_case, 0.0)
+                self._finish(request, self._failed(request, error, attempts=0))
+                continue
+            if self.raising:  # a row failed while this one waited
+                self.budget.settle(worst_case, 0.0)
+                self._release(reservation, Usage())
+                return
             task = asyncio.ensure_future(self._send(request, reservation, worst_case))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
+
+    @property
+    def raising(self) -> bool:
+        """Whether a row failed under ``errors="raise"``: the job is over."""
+        return self.first_error is not None and self.client.errors == "raise"
 
     def _worst_case_cost(self, request: PlannedRequest) -> float:
         if self.budget.max_cost_usd is None:
@@ -390,14 +414,23 @@ class _Run:
             await asyncio.wait(set(self.tasks), return_when=asyncio.FIRST_COMPLETED)
         return True
 
-    async def _acquire(self, request: PlannedRequest) -> Reservation:
-        """Wait for the limiter; the request reserves its worst case."""
+    async def _acquire(self, request: PlannedRequest, *, attempt: int) -> Reservation:
+        """Wait for the limiter; the request reserves its worst case.
+
+        Raises ``RequestTooLargeError`` when a limit is, or drops, below
+        what the request needs.
+        """
         max_tokens = self.client.max_tokens
-        return await self.limiter.acquire(
-            request.input_estimate + max_tokens,
-            input_tokens=request.input_estimate,
-            output_tokens=max_tokens,
-        )
+        try:
+            return await self.limiter.acquire(
+                request.input_estimate + max_tokens,
+                input_tokens=request.input_estimate,
+                output_tokens=max_tokens,
+            )
+        except NeverFitsError as exc:
+            raise RequestTooLargeError(
+                str(exc), row=request.first, model=request.model.name, attempt=attempt
+            ) from exc
 
     async def _send(
         self, request: PlannedRequest, reservation: Reservation, worst_case: float
@@ -406,11 +439,32 @@ class _Run:
         try:
             completion = await self._send_with_retries(request, reservation)
             spent = completion.cost_usd or 0.0
+        except Exception as exc:
+            # A bug of ours or a reply no parser foresaw: this row fails
+            # with the reason, and the job goes on.
+            logger.exception("row %d: unexpected error", request.first)
+            error = RequestError(
+                f"unexpected error: {type(exc).__name__}: {exc}",
+                row=request.first,
+                model=request.model.name,
+            )
+            completion = self._failed(request, error, attempts=0)
         finally:
             self.budget.settle(worst_case, spent)
         self._finish(request, completion)
         if completion.error is None and self.cache is not None:
-            await self.cache.aput(request.key, completion)
+            await self._cache_write(self.cache.aput(request.key, completion))
+
+    async def _cache_write(self, write: Awaitable[None]) -> None:
+        """Await a cache write; a failing cache costs its rows, not the job."""
+        try:
+            await write
+        except Exception as exc:
+            # The rows are answered and in the result; only a re-run would
+            # miss them. Not once per row: the same cause repeats.
+            if not self.cache_warned:
+                self.cache_warned = True
+                logger.warning("cache: could not store results: %s", exc)
 
     async def _send_with_retries(
         self, request: PlannedRequest, reservation: Reservation
@@ -464,7 +518,10 @@ class _Run:
             await asyncio.sleep(own)
             attempt += 1
             await self.job._wait_while_paused()
-            reservation = await self._acquire(request)
+            try:
+                reservation = await self._acquire(request, attempt=attempt)
+            except RequestTooLargeError as too_large:
+                return self._failed(request, too_large, attempts=attempt - 1)
 
     def _failed(
         self, request: PlannedRequest, error: RequestError, *, attempts: int
@@ -473,6 +530,13 @@ class _Run:
         logger.debug("row %d failed: %s", request.first, error)
         if self.first_error is None:
             self.first_error = error
+            if self.raising:
+                # The call will raise: requests still in flight would be
+                # paid for and thrown away. (Finished rows are cached.)
+                current = asyncio.current_task()
+                for task in self.tasks:
+                    if task is not current:
+                        task.cancel()
         return Completion(
             model=request.model.name, attempts=attempts, error=error.message
         )
@@ -515,7 +579,7 @@ class _Run:
             ) as response:
                 status = response.status
                 headers = response.headers
-                text = await response.text()
+                body = await response.read()
             self.limiter.observe(
                 parse_rate_limit_headers(headers, time.time()), reservation.sent_at
             )
@@ -531,6 +595,7 @@ class _Run:
             ) from exc
 
         if status != 200:
+            text = body.decode("utf-8", errors="replace")
             message = provider.error_message(status, text)
             error: APIStatusError
             if status == 429:
@@ -545,7 +610,8 @@ class _Run:
             raise error
 
         try:
-            parsed = provider.parse(json.loads(text))
+            # JSON is UTF-8 (RFC 8259); a body that is not is unreadable.
+            parsed = provider.parse(json.loads(body.decode("utf-8")))
         except ValueError as exc:
             # A truncated or garbled 200 is a transient server fault.
             raise _retryable(

@@ -196,6 +196,55 @@ def test_errors_raise_is_opt_in(sim: object) -> None:
     assert caught.value.row == 0 and caught.value.attempt == 1
 
 
+def test_errors_raise_stops_the_requests_in_flight(sim: object) -> None:
+    client = LLMClient(
+        "sim-client", progress=None, errors="raise", max_requests_per_minute=6000
+    )
+    slow = [echo(f"slow {i}", "sleep=5") for i in range(4)]
+    started = time.monotonic()
+    with pytest.raises(deluge_nb.APIStatusError):
+        client.process_prompts_sync([*slow, echo("bad", "status=400")])
+    # Not after the slow rows' 5 s: they are abandoned, not waited for.
+    assert time.monotonic() - started < 3.0
+    assert sim.stats()["ok"] == 0  # type: ignore[attr-defined]
+
+
+def test_rows_fail_when_the_servers_limit_is_below_them() -> None:
+    # Registry defaults (1M tokens/min) let the first request go; the
+    # server's headers then say 10k, which 15k max_tokens can never fit.
+    with serve(tokens_per_minute=10_000, context_window=65_536) as small:
+        register_model("sim-small-tpm", base_url=small.base_url, tokenizer="o200k_base")
+        job = LLMClient("sim-small-tpm", max_tokens=15_000, progress=None).submit(
+            [f"hello {i}" for i in range(4)]
+        )
+        results = job.result(timeout=30)
+
+    assert all(r.response is None for r in results)
+    # The first row has the server's word for it; the rest never leave.
+    assert results[0].error is not None and "Request too large" in results[0].error
+    for r in results[1:]:
+        assert r.error is not None and "can never be sent" in r.error
+        assert "10000 tokens/min" in r.error
+
+
+def test_a_limit_lowered_during_a_retry_fails_the_row_not_the_job(
+    sim: object,
+) -> None:
+    register_model("sim-lowered", base_url=sim.base_url)  # type: ignore[attr-defined]
+    client = LLMClient(
+        "sim-lowered", max_tokens=500, max_attempts=3, progress=None, cache=False
+    )
+    job = client.submit([echo(f"a{i}", "status=500") for i in range(3)])
+    time.sleep(0.2)  # the first attempts fail; retries back off
+    LLMClient("sim-lowered", max_tokens_per_minute=300, progress=None)
+    results = job.result(timeout=30)
+
+    assert job.stats.state == "failed"
+    for r in results:
+        assert r.error is not None and "can never be sent" in r.error
+        assert not r.error.startswith("cancelled")
+
+
 def test_api_key_never_reaches_logs_reprs_or_errors(
     sim: object, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -360,7 +409,8 @@ def test_proxy_is_read_from_the_environment_once_per_host(
 
 
 @pytest.mark.parametrize(
-    "prompts", ["hello", b"hello", 42, [1, 2.0], [{"a": 1}], ["ok", ("x",)]]
+    "prompts",
+    ["hello", b"hello", 42, [1, 2.0], [{"a": 1}], ["ok", ("x",)], ["ok", []]],
 )
 def test_prompts_that_would_be_sent_wrongly_are_refused(
     sim: object, prompts: object
@@ -388,6 +438,12 @@ def test_prompts_that_would_be_sent_wrongly_are_refused(
         ({"timeout": None}, "timeout"),
         ({"max_attempts": 1.5}, "max_attempts"),
         ({"max_cost": "5"}, "max_cost"),
+        ({"temperature": "hot"}, "temperature"),
+        ({"temperature": float("nan")}, "temperature"),
+        ({"temperature": -1}, "temperature"),
+        ({"api_key": 12345}, "api_key must be a string"),
+        ({"progress": "fancy"}, "progress='fancy'"),
+        ({"progress": 3}, "progress=3"),
     ],
 )
 def test_bad_arguments_get_clear_errors(
