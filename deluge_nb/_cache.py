@@ -520,19 +520,13 @@ class ResponseCache:
             if not completion.ok:
                 logger.debug("cache: not storing failed row %.12s", key)
                 continue
-            assert completion.response is not None  # ok says so
-            rows.append(
-                (
-                    key,
-                    completion.response,
-                    completion.input_tokens,
-                    completion.output_tokens,
-                    completion.cost_usd,
-                    completion.model,
-                    completion.finish_reason,
-                    now,
-                )
-            )
+            row = _row(key, completion, now)
+            if row is None:
+                # Queued, a row SQLite cannot bind would fail every later
+                # commit of this cache, other jobs' rows with it.
+                logger.warning("cache: not storing row %.12s: unexpected types", key)
+                continue
+            rows.append(row)
         with self._state_lock:
             self._check_open()
             self._pending.extend(rows)
@@ -740,6 +734,26 @@ def _write_transaction(conn: sqlite3.Connection) -> Iterator[None]:
     conn.execute("COMMIT")
 
 
+def _row(key: str, completion: Completion, now: float) -> _Row | None:
+    """The table row for a completion, or None if a field has a wrong type."""
+    response = completion.response
+    counts = (completion.input_tokens, completion.output_tokens)
+    texts = (completion.model, completion.finish_reason)
+    cost = completion.cost_usd
+    fields_ok = (
+        isinstance(key, str)
+        and all(
+            c is None or (isinstance(c, int) and not isinstance(c, bool))
+            for c in counts
+        )
+        and all(t is None or isinstance(t, str) for t in texts)
+        and (cost is None or isinstance(cost, float | int))
+    )
+    if not isinstance(response, str) or not fields_ok:
+        return None
+    return (key, response, *counts, cost, *texts, now)
+
+
 def _user_version(conn: sqlite3.Connection) -> int:
     return int(conn.execute("PRAGMA user_version").fetchone()[0])
 
@@ -795,7 +809,8 @@ def resolve_cache(
     cache
         True: the process-wide cache at :func:`default_cache_path`.
         False or None: no cache. A path: the process-wide cache for that
-        file. A :class:`ResponseCache`: itself.
+        file, or for ``responses.sqlite3`` in it when it is a folder. A
+        :class:`ResponseCache`: itself.
 
     Returns
     -------
@@ -815,7 +830,9 @@ def resolve_cache(
     if cache is True:
         path = default_cache_path()
     elif isinstance(cache, (str, os.PathLike)):
-        path = Path(cache)
+        path = Path(cache).expanduser()
+        if path.is_dir():
+            path = path / CACHE_FILE_NAME
     else:
         raise TypeError(
             "cache must be True, False, None, a path or a ResponseCache, "

@@ -183,6 +183,37 @@ def test_openai_build() -> None:
             {"choices": [{"message": {"content": "no usage"}}], "usage": "junk"},
             ParsedResponse("no usage", None, None),
         ),
+        # Some OpenAI-compatible servers send content as a list of parts.
+        (
+            {
+                "choices": [
+                    {
+                        "message": {
+                            "content": [
+                                {"type": "text", "text": "Bon"},
+                                {"type": "image_url", "image_url": {"url": "x"}},
+                                {"type": "text", "text": "jour"},
+                            ]
+                        },
+                        "finish_reason": "stop",
+                    }
+                ]
+            },
+            ParsedResponse("Bonjour", "stop", None),
+        ),
+        # Junk counts and details count as nothing, never as an exception.
+        (
+            {
+                "choices": [{"message": {"content": "x"}, "finish_reason": 3}],
+                "usage": {
+                    "prompt_tokens": [5],
+                    "completion_tokens": "2",
+                    "prompt_tokens_details": ["x"],
+                    "completion_tokens_details": {"reasoning_tokens": -4},
+                },
+            },
+            ParsedResponse("x", None, Usage()),
+        ),
     ],
 )
 def test_openai_parse(body: Any, expected: ParsedResponse) -> None:
@@ -195,6 +226,13 @@ def test_openai_parse(body: Any, expected: ParsedResponse) -> None:
 )
 def test_openai_parse_rejects_junk(body: Any) -> None:
     with pytest.raises(MalformedResponseError, match="not a chat completion"):
+        OpenAIChat().parse(body)
+
+
+@pytest.mark.parametrize("content", [{"text": "x"}, 42, True])
+def test_openai_parse_rejects_content_that_is_not_text(content: Any) -> None:
+    body = {"choices": [{"message": {"content": content}}]}
+    with pytest.raises(MalformedResponseError, match="neither text nor parts"):
         OpenAIChat().parse(body)
 
 

@@ -15,13 +15,12 @@ as that type promises.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .._models import ModelInfo
 from .._types import Usage
-from ._base import ParsedResponse, RequestSpec
+from ._base import ParsedResponse, RequestSpec, content_text, token_count
 from ._openai import MalformedResponseError
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -68,7 +67,10 @@ class AnthropicMessages:
         conversation: list[dict[str, Any]] = []
         for message in messages:
             if message.get("role") == "system":
-                system_parts.append(_text_of(message.get("content")))
+                content = content_text(message.get("content"))
+                system_parts.append(
+                    str(message.get("content")) if content is None else content
+                )
             else:
                 conversation.append(dict(message))
 
@@ -131,37 +133,15 @@ class AnthropicMessages:
         return f"HTTP {status}: {detail}"
 
 
-def _text_of(content: Any) -> str:
-    """A message's content as text: a string, or its text parts joined."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(
-            part["text"]
-            for part in content
-            if isinstance(part, Mapping) and isinstance(part.get("text"), str)
-        )
-    return "" if content is None else str(content)
-
-
 def _usage(raw: Any) -> Usage | None:
     if not isinstance(raw, Mapping):
         return None
-    fresh = _count(raw.get("input_tokens"))
-    read = _count(raw.get("cache_read_input_tokens"))
-    written = _count(raw.get("cache_creation_input_tokens"))
+    fresh = token_count(raw.get("input_tokens"))
+    read = token_count(raw.get("cache_read_input_tokens"))
+    written = token_count(raw.get("cache_creation_input_tokens"))
     return Usage(
         input_tokens=fresh + read + written,
         cached_input_tokens=read,
         cache_write_tokens=written,
-        output_tokens=_count(raw.get("output_tokens")),
+        output_tokens=token_count(raw.get("output_tokens")),
     )
-
-
-def _count(value: Any) -> int:
-    """A token count from the wire; missing, negative or junk counts as 0."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return 0
-    if not math.isfinite(value) or value < 0:
-        return 0
-    return int(value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -43,3 +44,38 @@ class Provider(Protocol):
     def parse(self, body: Any) -> ParsedResponse: ...
 
     def error_message(self, status: int, body_text: str) -> str: ...
+
+
+def content_text(content: Any) -> str | None:
+    """A message's content as text: a string, or its text parts joined.
+
+    Both OpenAI-compatible servers and Anthropic may send content as a
+    list of parts (``[{"type": "text", "text": "..."}]``); parts that are
+    not text (images, tool calls) add nothing. None is empty text. Any
+    other shape gives None: the caller decides it is malformed.
+    """
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            part["text"]
+            for part in content
+            if isinstance(part, Mapping) and isinstance(part.get("text"), str)
+        )
+    return None
+
+
+def token_count(value: Any) -> int:
+    """A token count from the wire; missing, negative or junk counts as 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0
+    if not math.isfinite(value) or value < 0:
+        return 0
+    return int(value)
+
+
+def mapping_or_empty(value: Any) -> Mapping[str, Any]:
+    """``value`` if it is a mapping, else an empty one (junk details)."""
+    return value if isinstance(value, Mapping) else {}

@@ -13,7 +13,13 @@ from typing import Any
 
 from .._models import ModelInfo
 from .._types import Usage
-from ._base import ParsedResponse, RequestSpec
+from ._base import (
+    ParsedResponse,
+    RequestSpec,
+    content_text,
+    mapping_or_empty,
+    token_count,
+)
 
 
 class MalformedResponseError(ValueError):
@@ -42,12 +48,18 @@ class OpenAIChat:
     def parse(self, body: Any) -> ParsedResponse:
         try:
             choice = body["choices"][0]
-            text = choice["message"].get("content") or ""
+            text = content_text(choice["message"].get("content"))
             finish_reason = choice.get("finish_reason")
         except (KeyError, IndexError, TypeError, AttributeError) as exc:
             raise MalformedResponseError(
                 f"response is not a chat completion: {str(body)[:200]}"
             ) from exc
+        if text is None:
+            raise MalformedResponseError(
+                f"message content is neither text nor parts: {str(body)[:200]}"
+            )
+        if not isinstance(finish_reason, str):
+            finish_reason = None
         return ParsedResponse(text, finish_reason, _usage(body.get("usage")))
 
     def error_message(self, status: int, body_text: str) -> str:
@@ -67,11 +79,11 @@ class OpenAIChat:
 def _usage(raw: Any) -> Usage | None:
     if not isinstance(raw, Mapping):
         return None
-    prompt_details = raw.get("prompt_tokens_details") or {}
-    completion_details = raw.get("completion_tokens_details") or {}
+    prompt_details = mapping_or_empty(raw.get("prompt_tokens_details"))
+    completion_details = mapping_or_empty(raw.get("completion_tokens_details"))
     return Usage(
-        input_tokens=int(raw.get("prompt_tokens") or 0),
-        cached_input_tokens=int(prompt_details.get("cached_tokens") or 0),
-        output_tokens=int(raw.get("completion_tokens") or 0),
-        reasoning_tokens=int(completion_details.get("reasoning_tokens") or 0),
+        input_tokens=token_count(raw.get("prompt_tokens")),
+        cached_input_tokens=token_count(prompt_details.get("cached_tokens")),
+        output_tokens=token_count(raw.get("completion_tokens")),
+        reasoning_tokens=token_count(completion_details.get("reasoning_tokens")),
     )
