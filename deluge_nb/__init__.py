@@ -9,6 +9,7 @@ and Series::
 from __future__ import annotations
 
 from . import _frame  # noqa: F401  (registers the pandas accessors)
+from ._cache import ResponseCache
 from ._client import LLMClient
 from ._errors import (
     APIConnectionError,
@@ -44,6 +45,7 @@ __all__ = [
     "RateLimitError",
     "RequestError",
     "RequestTooLargeError",
+    "ResponseCache",
     "ServerError",
     "StatsSnapshot",
     "UnknownModelError",

@@ -24,6 +24,7 @@ from ._errors import ConfigurationError
 from ._job import Job
 from ._limits import Limiter, get_limiter, limiter_key
 from ._models import ModelInfo, get_model
+from ._progress import check_progress
 from ._stats import StatsSnapshot
 from ._types import Completion
 
@@ -145,6 +146,19 @@ class LLMClient:
             raise ConfigurationError(
                 f"errors must be 'store' or 'raise', got {errors!r}"
             )
+        if temperature is not None and not (
+            _is_number(temperature) and math.isfinite(temperature) and temperature >= 0
+        ):
+            raise ConfigurationError(
+                f"temperature must be a number, 0 or more (or None for the "
+                f"server's default), got {temperature!r}"
+            )
+        if api_key is not None and not isinstance(api_key, str):
+            # Not shown: a wrong value may still be a secret.
+            raise ConfigurationError(
+                f"api_key must be a string, got a {type(api_key).__name__}"
+            )
+        check_progress(progress)
 
         self.models = [get_model(name) for name in names]
         self.max_tokens = int(max_tokens)
@@ -293,6 +307,8 @@ def is_missing(value: Any) -> bool:
     """None, NaN, NaT or pd.NA: a cell with no prompt."""
     if value is None or value is pd.NA or value is pd.NaT:
         return True
+    if not pd.api.types.is_scalar(value):
+        return False  # a list holding NaN is a value, not a missing cell
     try:
         return bool(pd.isna(value))
     except (TypeError, ValueError):  # arrays and other containers
@@ -333,7 +349,11 @@ def _checked_prompts(prompts: Sequence[Prompt]) -> list[Prompt]:
         if isinstance(prompt, str):
             checked.append(prompt)
             continue
-        if isinstance(prompt, Sequence) and all(isinstance(m, Mapping) for m in prompt):
+        if (
+            isinstance(prompt, Sequence)
+            and prompt
+            and all(isinstance(m, Mapping) for m in prompt)
+        ):
             checked.append(prompt)
             continue
         if is_missing(prompt):

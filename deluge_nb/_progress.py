@@ -28,6 +28,7 @@ import logging
 import sys
 from typing import Any, Protocol, TextIO
 
+from ._errors import ConfigurationError
 from ._limits import Limiter
 from ._stats import JobStats, StatsSnapshot
 
@@ -174,14 +175,19 @@ class ManualView:
     ) -> None:
         self.interval_s = interval_s
         self._stream = stream
+        self._last = ""
 
     def update(self, snap: StatsSnapshot) -> None:
+        line = f"[deluge] {snap.line()}"
         stream = self._stream or sys.stderr
-        stream.write(f"[deluge] {snap.line()}\n")
+        stream.write(line + "\n")
         stream.flush()
+        self._last = line
 
     def close(self, snap: StatsSnapshot) -> None:
-        self.update(snap)
+        # A job over before the first refresh would say the same thing twice.
+        if f"[deluge] {snap.line()}" != self._last:
+            self.update(snap)
 
 
 # -- choosing a view --------------------------------------------------------
@@ -252,6 +258,26 @@ def _panel_or_none(
         return None
 
 
+def _is_view(progress: Any) -> bool:
+    return (
+        not isinstance(progress, str | bool)
+        and hasattr(progress, "update")
+        and hasattr(progress, "close")
+    )
+
+
+def check_progress(progress: Any) -> None:
+    """Raise ``ConfigurationError`` unless ``make_view`` can take ``progress``."""
+    if progress is None or isinstance(progress, bool) or _is_view(progress):
+        return
+    if isinstance(progress, str) and progress in PROGRESS_KINDS:
+        return
+    raise ConfigurationError(
+        f"progress={progress!r} is not one of "
+        f"{', '.join(map(repr, PROGRESS_KINDS))}, None, or a view object"
+    )
+
+
 def make_view(
     progress: Any,
     total: int,
@@ -274,18 +300,12 @@ def make_view(
         The job (``pause``, ``resume``, ``cancel``, ``paused``), which the
         panel's buttons drive.
     """
+    check_progress(progress)
     if progress is None or progress is False or progress == "none":
         return None
-    if not isinstance(progress, str) and progress is not True:
-        if hasattr(progress, "update") and hasattr(progress, "close"):
-            return progress  # type: ignore[no-any-return]
+    if _is_view(progress):
+        return progress  # type: ignore[no-any-return]
     kind = "auto" if progress is True else progress
-    if kind not in PROGRESS_KINDS:
-        raise ValueError(
-            f"progress={progress!r} is not one of "
-            f"{', '.join(map(repr, PROGRESS_KINDS))}, None, or a view object"
-        )
-
     if kind == "auto":
         kind = choose_auto()
     if kind in ("panel", "text"):

@@ -63,7 +63,7 @@ class StatsSnapshot:
             f"req/min | {lim.tokens_last_minute:.0f}/"
             f"{_fmt_limit(lim.max_tokens_per_minute)} tok/min | "
             f"${self.cost_usd:.4f} | {self.elapsed_s:.0f}s elapsed, ETA {eta} | "
-            f"{lim.reason}"
+            f"{'paused' if self.state == 'paused' else lim.reason}"
         )
 
 

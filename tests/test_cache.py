@@ -650,6 +650,8 @@ def test_resolve_cache_semantics(
     assert resolve_cache(True) is shared
     assert resolve_cache(shared.path) is shared
     assert resolve_cache(str(shared.path)) is shared
+    # A folder, like DELUGE_NB_CACHE_DIR, means the cache file in it.
+    assert resolve_cache(tmp_path / "default") is shared
 
     assert resolve_cache(False) is None
     assert resolve_cache(None) is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from functools import partial
 
@@ -60,6 +61,10 @@ def test_k18_non_string_cells_are_formatted_deliberately(sim: object) -> None:
 
     column = pd.DataFrame({"p": [42, "word"]}, dtype=object)
     assert render_prompts(column, "p") == ["42", "word"]
+
+    # A list that holds a missing value is a value, not a missing cell.
+    lists = pd.DataFrame({"p": [[math.nan], [None], None]}, dtype=object)
+    assert render_prompts(lists, "p") == ["[nan]", "[None]", None]
 
 
 def test_k19_results_land_on_their_own_rows_whatever_the_index(sim: object) -> None:
