@@ -5,7 +5,10 @@ resets as Go durations (``1s``, ``12ms``, ``6m0s``). Anthropic sends
 ``anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-
 {limit,remaining,reset}`` with resets as RFC 3339 timestamps. Azure has been
 seen sending ``-1`` or ``0``. Anything that does not parse to a sensible
-number is dropped, so junk never reaches the limiter.
+number is dropped, so junk never reaches the limiter: a limit below 1, and
+with a junk limit the rest of that dimension's headers too (Azure's
+``limit: 0`` comes with ``remaining: 0``, which would throttle a job that
+has budget).
 """
 
 from __future__ import annotations
@@ -62,10 +65,12 @@ def parse_rate_limit_headers(
     for dimension in DIMENSIONS:
         wire = dimension.replace("_", "-")
         openai = ServerLimit(
-            limit=_count(headers.get(f"x-ratelimit-limit-{wire}"), positive=True),
+            limit=_limit(headers.get(f"x-ratelimit-limit-{wire}")),
             remaining=_count(headers.get(f"x-ratelimit-remaining-{wire}")),
             reset_s=parse_go_duration(headers.get(f"x-ratelimit-reset-{wire}")),
         )
+        if _junk_limit(headers.get(f"x-ratelimit-limit-{wire}")):
+            openai = ServerLimit()
         prefix = f"anthropic-ratelimit-{wire}"
         if dimension == "tokens":
             # Anthropic's tokens-* repeats its most restrictive of input and
@@ -74,10 +79,12 @@ def parse_rate_limit_headers(
             anthropic = ServerLimit()
         else:
             anthropic = ServerLimit(
-                limit=_count(headers.get(f"{prefix}-limit"), positive=True),
+                limit=_limit(headers.get(f"{prefix}-limit")),
                 remaining=_count(headers.get(f"{prefix}-remaining")),
                 reset_s=_rfc3339_in(headers.get(f"{prefix}-reset"), now_unix),
             )
+            if _junk_limit(headers.get(f"{prefix}-limit")):
+                anthropic = ServerLimit()
         for found in (openai, anthropic):
             if found != ServerLimit():
                 limits[dimension] = found
@@ -85,11 +92,22 @@ def parse_rate_limit_headers(
     return RateLimitHeaders(limits, parse_retry_after(headers, now_unix))
 
 
-def _count(raw: str | None, *, positive: bool = False) -> float | None:
+def _count(raw: str | None) -> float | None:
     value = parse_finite(raw)
-    if value is None or value < 0 or (positive and value == 0):
+    if value is None or value < 0:
         return None
     return value
+
+
+def _limit(raw: str | None) -> float | None:
+    """A per-minute limit: at least one request or token, or None."""
+    value = _count(raw)
+    return value if value is not None and value >= 1 else None
+
+
+def _junk_limit(raw: str | None) -> bool:
+    """A limit header is there but says nothing usable (``0``, ``-1``, junk)."""
+    return raw is not None and _limit(raw) is None
 
 
 def _rfc3339_in(raw: str | None, now_unix: float) -> float | None:

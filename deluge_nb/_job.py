@@ -50,7 +50,12 @@ from ._headers import parse_rate_limit_headers
 from ._limits import NeverFitsError, Reservation
 from ._plan import PlannedRequest, plan_requests
 from ._progress import close_quietly, drive, make_view
-from ._retry import is_retryable_status, parse_retry_after, retry_delay
+from ._retry import (
+    is_retryable_status,
+    parse_retry_after,
+    retry_delay,
+    usable_server_wait,
+)
 from ._stats import JobStats, StatsSnapshot
 from ._tokens import count_text_tokens
 from ._types import Completion, Usage
@@ -497,7 +502,7 @@ class _Run:
                     attempts=attempt,
                 )
 
-            delay = error.retry_after
+            delay = usable_server_wait(error.retry_after)
             if delay is None:
                 delay = retry_delay(attempt, rng=client._rng)
             if isinstance(error, RateLimitError):

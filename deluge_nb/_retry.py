@@ -108,10 +108,22 @@ def retry_delay(
 
     The server's wait when it gives a usable one, else backoff with jitter.
     """
-    server = parse_retry_after(headers or {}, now)
-    if server is not None and server <= MAX_SERVER_WAIT_S:
+    server = usable_server_wait(parse_retry_after(headers or {}, now))
+    if server is not None:
         return server
     return backoff_delay(attempt, rng)
+
+
+def usable_server_wait(seconds: float | None) -> float | None:
+    """A server's wait if it is one to honour, else None (back off instead).
+
+    A wait beyond ``MAX_SERVER_WAIT_S`` (a day's quota gone, or a junk
+    ``retry-after: 1e9``) would hold every request on the key for that
+    long, so ordinary backoff is used instead, as the official SDKs do.
+    """
+    if seconds is None or seconds > MAX_SERVER_WAIT_S:
+        return None
+    return seconds
 
 
 def parse_finite(raw: str | None) -> float | None:

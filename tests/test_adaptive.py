@@ -61,12 +61,6 @@ NOW = 1_796_313_600.0  # 2026-12-03T16:00:00Z
             "requests",
             ServerLimit(50, 0, 1.5),
         ),
-        (
-            # Azure has been seen sending -1 and 0.
-            {"x-ratelimit-limit-requests": "-1", "x-ratelimit-remaining-requests": "0"},
-            "requests",
-            ServerLimit(None, 0, None),
-        ),
     ],
 )
 def test_rate_limit_headers_real_values(
@@ -93,6 +87,22 @@ def test_rate_limit_headers_real_values(
         {"anthropic-ratelimit-input-tokens-reset": "yesterday"},
         {"anthropic-ratelimit-input-tokens-reset": "2026-12-03T16:00:12"},  # no zone
         {"anthropic-ratelimit-output-tokens-limit": "-5"},
+        # Below one request or token a limit is junk, not a limit.
+        {"x-ratelimit-limit-requests": "0.5"},
+        {"x-ratelimit-limit-tokens": "1e-300"},
+        # Azure has been seen sending -1 and 0; the remaining count that
+        # comes with them is junk too and must not throttle the job.
+        {"x-ratelimit-limit-requests": "-1", "x-ratelimit-remaining-requests": "0"},
+        {
+            "x-ratelimit-limit-requests": "0",
+            "x-ratelimit-remaining-requests": "0",
+            "x-ratelimit-limit-tokens": "0",
+            "x-ratelimit-remaining-tokens": "0",
+        },
+        {
+            "anthropic-ratelimit-requests-limit": "0",
+            "anthropic-ratelimit-requests-remaining": "0",
+        },
     ],
 )
 def test_junk_headers_are_ignored(headers: dict[str, str]) -> None:

@@ -150,6 +150,22 @@ def test_429_pauses_every_request_on_the_key(sim: object) -> None:
     assert [r.response for r in results[1:]] == ["0", "1", "2", "3"]
 
 
+def test_an_absurd_retry_after_is_not_honoured(sim: object) -> None:
+    # A server asking for a day (or junk like 1e9 s) would hold every
+    # request on the key that long; backoff is used instead.
+    client = LLMClient(
+        "sim-client", progress=None, max_attempts=2, max_requests_per_minute=6000
+    )
+    started = time.monotonic()
+    first, second = client.process_prompts_sync(
+        [echo("x", "status=429", "retry_after=86400"), echo("fine")]
+    )
+    assert time.monotonic() - started < 5.0
+    assert first.error is not None and "429" in first.error and first.attempts == 2
+    assert second.response == "fine"
+    assert client.limiter.snapshot().paused_for_s < 10
+
+
 def test_600_rpm_60k_tpm_200_rows_get_no_429(sim: object) -> None:
     words = " ".join(["word"] * 40)
     with serve(requests_per_minute=600, tokens_per_minute=60_000) as limited:
@@ -224,7 +240,7 @@ def test_rows_fail_when_the_servers_limit_is_below_them() -> None:
     assert results[0].error is not None and "Request too large" in results[0].error
     for r in results[1:]:
         assert r.error is not None and "can never be sent" in r.error
-        assert "10000 tokens/min" in r.error
+        assert "10000 tokens/min (as the server's rate-limit headers" in r.error
 
 
 def test_a_limit_lowered_during_a_retry_fails_the_row_not_the_job(

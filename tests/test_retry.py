@@ -14,6 +14,7 @@ from deluge_nb._retry import (
     parse_go_duration,
     parse_retry_after,
     retry_delay,
+    usable_server_wait,
 )
 
 
@@ -122,3 +123,12 @@ def test_server_wait_wins_unless_it_is_absurd() -> None:
     assert retry_delay(1, {"retry-after": "30"}, rng=rng) == 30.0
     too_long = str(MAX_SERVER_WAIT_S * 10)
     assert retry_delay(1, {"retry-after": too_long}, rng=rng) <= 0.5
+
+
+@pytest.mark.parametrize(
+    ("seconds", "usable"),
+    [(None, None), (0.0, 0.0), (30.0, 30.0), (MAX_SERVER_WAIT_S, MAX_SERVER_WAIT_S)]
+    + [(MAX_SERVER_WAIT_S + 1, None), (86_400.0, None), (1e9, None)],
+)
+def test_usable_server_wait(seconds: float | None, usable: float | None) -> None:
+    assert usable_server_wait(seconds) == usable
