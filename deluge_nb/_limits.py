@@ -36,8 +36,18 @@ from ._headers import RateLimitHeaders, ServerLimit
 logger = logging.getLogger(__name__)
 
 WINDOW_S = 60.0
+# A request admitted at t reaches the server a little later (a connection
+# to open, a busy loop): measured at the server, a burst admitted a minute
+# ago arrived up to ~60 ms late, so the window held it that much too short
+# and the next minute's burst overlapped it. Each admission therefore
+# counts for this much longer than a minute.
+WINDOW_SLACK_S = 0.25
 DEFAULT_BURST_S = 1.0
 DEFAULT_MAX_CONCURRENT = 64
+
+# With limits nobody vouched for, the first request goes alone and its
+# headers set the pace; the others wait for it at most this long.
+PROBE_WAIT_S = 5.0
 
 # After a 429 that no header explains, the rate drops to CUT_FACTOR of
 # itself (never below MIN_CUT_FRACTION of the limit) and climbs back by
@@ -152,7 +162,7 @@ class RateBucket:
             for entry in self._entries:
                 excess -= entry.amount
                 if excess <= 1e-9:
-                    window = entry.at + WINDOW_S - now
+                    window = entry.at + WINDOW_S + WINDOW_SLACK_S - now
                     break
         wait = max(pacing, window)
         return wait if wait > 1e-9 else 0.0
@@ -212,7 +222,7 @@ class RateBucket:
         if self._entries:
             # Past the minute in which they were admitted, old requests
             # weigh on no server; the window rule covers that minute.
-            tat = min(tat, self._entries[-1].at + WINDOW_S)
+            tat = min(tat, self._entries[-1].at + WINDOW_S + WINDOW_SLACK_S)
         self._tat = tat
 
     def sync(self, server: ServerLimit, sent_at: float, now: float) -> None:
@@ -250,7 +260,7 @@ class RateBucket:
 
     def _expire(self, now: float) -> None:
         expired = False
-        while self._entries and self._entries[0].at + WINDOW_S <= now:
+        while self._entries and self._entries[0].at + WINDOW_S + WINDOW_SLACK_S <= now:
             entry = self._entries.popleft()
             entry.live = False
             self._in_window -= entry.amount
@@ -370,6 +380,7 @@ class Limiter:
         # request goes alone: its response's headers tell the real limits
         # before a burst sized by a guess can draw a herd of 429s.
         self.probing = not explicit
+        self._probe_sent_at = -math.inf
         # Created lazily on the loop that uses the limiter.
         self._admission: asyncio.Lock | None = None
         self._changed: asyncio.Event | None = None
@@ -392,12 +403,16 @@ class Limiter:
             if not bucket.fits(amount):
                 what = "input estimate + max_tokens" if name == "tokens" else name
                 option = f"max_{name}_per_minute"
-                origin = (
-                    f"set by {option} in this or an earlier call: limits stay in "
-                    "force per API key and model until changed"
-                    if bucket.explicit
-                    else "the server's or the registry's"
-                )
+                server = bucket.server_limit
+                if server is not None and server == bucket.per_minute:
+                    origin = "as the server's rate-limit headers report it"
+                elif bucket.explicit:
+                    origin = (
+                        f"set by {option} in this or an earlier call: limits stay "
+                        "in force per API key and model until changed"
+                    )
+                else:
+                    origin = "the model's registered default"
                 return (
                     f"request needs {amount:.0f} tokens ({what}) but the limit is "
                     f"{bucket.per_minute:.0f} {_LABELS[name]} ({origin}); it can "
@@ -448,6 +463,8 @@ class Limiter:
                         name: bucket.take(amounts[name], now)
                         for name, bucket in self.buckets.items()
                     }
+                    if self.probing and self.in_flight == 0:
+                        self._probe_sent_at = now
                     self.in_flight += 1
                     self._reason = "sending"
                     return Reservation(amounts, entries, now)
@@ -611,8 +628,13 @@ class Limiter:
             self._reason = "waiting on concurrency"
             return math.inf
         if self.probing and self.in_flight > 0:
-            self._reason = "waiting for the first response to learn the limits"
-            return math.inf
+            # A first request that hangs must not hold the job for a whole
+            # timeout: after PROBE_WAIT_S the registry's limits will do.
+            left = self._probe_sent_at + PROBE_WAIT_S - now
+            if left > 0:
+                self._reason = "waiting for the first response to learn the limits"
+                return left
+            self.probing = False
         longest, slowest = 0.0, ""
         for name, bucket in self.buckets.items():
             wait = bucket.wait_time(amounts[name], now)
