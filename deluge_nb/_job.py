@@ -28,7 +28,7 @@ import concurrent.futures
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Generator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -172,14 +172,30 @@ class Job(Generic[T]):
         try:
             completions = _wait_interruptibly(future, timeout)
         except KeyboardInterrupt:
-            self.cancel()
-            completions = future.result(STOP_GRACE_S)
+            completions = self._stop_after_interrupt(future)
             logger.warning(
                 "interrupted: %d of %d rows finished; the rest are marked cancelled",
                 sum(1 for c in completions if c.error != CANCELLED),
                 len(completions),
             )
         return self._finish(completions)
+
+    def _stop_after_interrupt(
+        self, future: concurrent.futures.Future[list[Completion]]
+    ) -> list[Completion]:
+        """Stop the job and wait for its partial result.
+
+        A second press of the stop button while the job unwinds must not
+        cost the finished rows (or leave the job running with no handle),
+        so further interrupts here only restart the stop.
+        """
+        deadline = time.monotonic() + STOP_GRACE_S
+        while True:
+            try:
+                self.cancel()
+                return future.result(max(0.0, deadline - time.monotonic()))
+            except KeyboardInterrupt:
+                continue
 
     def __await__(self) -> Generator[Any, None, T]:
         return self._wait().__await__()
@@ -373,8 +389,11 @@ class _Run:
                 self._finish(request, self._failed(request, error, attempts=0))
                 continue
 
-            worst_case = self._worst_case_cost(request)
-            if not await self._reserve_money(worst_case):
+            shared = _in_flight.get(request.key)
+            if shared is not None:
+                self._start(self._follow(request, shared))
+                continue
+            if not await self._send_one(request):
                 message = self.budget.exhausted_message()
                 logger.info(
                     "%s; %d requests left unsent", message, len(requests) - index
@@ -383,20 +402,63 @@ class _Run:
                     self._finish(unsent, Completion(error=message))
                 return
 
+    async def _send_one(self, request: PlannedRequest) -> bool:
+        """Reserve money and rate for one request and start sending it.
+
+        The request is announced in ``_in_flight`` from the start, so that
+        another job planning the same request waits for this one. Returns
+        False, having sent nothing, when the budget cannot cover it.
+        """
+        answer: asyncio.Future[Completion | None] = (
+            asyncio.get_running_loop().create_future()
+        )
+        _in_flight[request.key] = answer
+        started = False
+        try:
+            worst_case = self._worst_case_cost(request)
+            if not await self._reserve_money(worst_case):
+                return False
+
             await self.job._wait_while_paused()
             try:
                 reservation = await self._acquire(request, attempt=1)
             except RequestTooLargeError as error:
                 self.budget.settle(worst_case, 0.0)
                 self._finish(request, self._failed(request, error, attempts=0))
-                continue
+                return True
             if self.raising:  # a row failed while this one waited
                 self.budget.settle(worst_case, 0.0)
                 self._release(reservation, Usage())
-                return
-            task = asyncio.ensure_future(self._send(request, reservation, worst_case))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+                return True
+            self._start(self._send(request, reservation, worst_case, answer))
+            started = True
+            return True
+        finally:
+            if not started:
+                _publish(request.key, answer, None)
+
+    async def _follow(
+        self, request: PlannedRequest, shared: asyncio.Future[Completion | None]
+    ) -> None:
+        """Take another job's answer to the same request, or send it after all."""
+        logger.debug("row %d: the same request is in flight; waiting", request.first)
+        answer = await asyncio.shield(shared)
+        if answer is not None:
+            self._finish(
+                request,
+                replace(answer, cost_usd=0.0, cached=True, attempts=0, latency_s=0.0),
+            )
+            return
+        if self.raising:
+            return
+        # The other job failed, or was stopped, before it had an answer.
+        if not await self._send_one(request):
+            self._finish(request, Completion(error=self.budget.exhausted_message()))
+
+    def _start(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     @property
     def raising(self) -> bool:
@@ -438,9 +500,14 @@ class _Run:
             ) from exc
 
     async def _send(
-        self, request: PlannedRequest, reservation: Reservation, worst_case: float
+        self,
+        request: PlannedRequest,
+        reservation: Reservation,
+        worst_case: float,
+        answer: asyncio.Future[Completion | None],
     ) -> None:
         spent = 0.0
+        completion: Completion | None = None
         try:
             completion = await self._send_with_retries(request, reservation)
             spent = completion.cost_usd or 0.0
@@ -456,6 +523,7 @@ class _Run:
             completion = self._failed(request, error, attempts=0)
         finally:
             self.budget.settle(worst_case, spent)
+            _publish(request.key, answer, completion)
         self._finish(request, completion)
         if completion.error is None and self.cache is not None:
             await self._cache_write(self.cache.aput(request.key, completion))
@@ -502,14 +570,18 @@ class _Run:
                     attempts=attempt,
                 )
 
-            delay = usable_server_wait(error.retry_after)
-            if delay is None:
-                delay = retry_delay(attempt, rng=client._rng)
+            server_wait = usable_server_wait(error.retry_after)
             if isinstance(error, RateLimitError):
                 self.stats.rate_limited += 1
-                # Everyone on this key waits, this row's retries or not.
+                # Everyone on this key waits, this row's retries or not: for
+                # the server's wait, or without one for a first backoff step
+                # (this row's own backoff grows with its attempts; the key's
+                # pause must not, or one unlucky row would hold every job).
+                key_wait = server_wait
+                if key_wait is None:
+                    key_wait = retry_delay(1, rng=client._rng)
                 self.limiter.on_rate_limited(
-                    delay, error.dimension, sent_at=reservation.sent_at
+                    key_wait, error.dimension, sent_at=reservation.sent_at
                 )
             if not error.retryable or attempt >= client.max_attempts:
                 return self._failed(request, error, attempts=attempt)
@@ -518,7 +590,7 @@ class _Run:
             # The server's wait is a hint for one request, not for a herd:
             # the key is paused for it, and this row also backs off on its
             # own schedule so that retries spread out.
-            own = max(delay, retry_delay(attempt, rng=client._rng))
+            own = max(server_wait or 0.0, retry_delay(attempt, rng=client._rng))
             logger.debug("row %d: %s; retrying in %.2f s", request.first, error, own)
             await asyncio.sleep(own)
             attempt += 1
@@ -658,6 +730,23 @@ class _Run:
             stats.input_tokens += result.input_tokens or 0
             stats.output_tokens += result.output_tokens or 0
             stats.cost_usd += result.cost_usd or 0.0
+
+
+# Requests being sent by any job in this process, by request key. A job
+# that plans the same request (a cell run again while its first run still
+# goes, two threads on one frame) waits for that answer instead of paying
+# for it twice. Touched only on the engine loop.
+_in_flight: dict[str, asyncio.Future[Completion | None]] = {}
+
+
+def _publish(
+    key: str, answer: asyncio.Future[Completion | None], result: Completion | None
+) -> None:
+    """Hand a request's outcome to whoever waits on it; None: no answer."""
+    if _in_flight.get(key) is answer:
+        del _in_flight[key]
+    if not answer.done():
+        answer.set_result(result if result is not None and result.ok else None)
 
 
 _MISSING = Completion()

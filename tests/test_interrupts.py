@@ -107,3 +107,68 @@ def test_cancel_before_anything_ran(sim: object) -> None:
     job.cancel()
     results = job.result(timeout=5)
     assert all(r.error == CANCELLED for r in results)
+
+
+def test_a_second_interrupt_while_stopping_keeps_the_partial_result(
+    sim: object,
+) -> None:
+    job = ten_rows().deluge.submit(
+        "sim-stop", prompt=SLOW, max_concurrent_requests=1, progress=None
+    )
+    time.sleep(1.5)
+    real = job._future
+    assert real is not None
+
+    class PressedAgain:
+        """The job's future, but the first wait is cut by another interrupt."""
+
+        pressed = False
+
+        def result(self, timeout: float | None = None) -> object:
+            if not self.pressed:
+                self.pressed = True
+                raise KeyboardInterrupt
+            return real.result(timeout)
+
+    completions = job._stop_after_interrupt(PressedAgain())  # type: ignore[arg-type]
+    assert job.done and job.stats.state == "stopped"
+    assert [c.response for c in completions[:1]] == ["row 0"]
+    assert all(c.error == CANCELLED for c in completions[2:])
+
+
+def test_a_job_started_again_waits_for_the_first_ones_requests(
+    sim: object,
+) -> None:
+    # A cell run again while its first run still goes: the same requests are
+    # in flight, and they are paid for once.
+    frame = pd.DataFrame({"text": [f"again {i}" for i in range(6)]})
+    options = {"prompt": SLOW, "progress": None, "cache": False}
+    first = frame.deluge.submit("sim-stop", **options)
+    time.sleep(0.3)
+    second = frame.deluge.submit("sim-stop", **options)
+    out_second = second.result(timeout=30)
+    out_first = first.result(timeout=30)
+
+    assert sim.stats()["requests"] == 6  # type: ignore[attr-defined]
+    expected = [f"again {i}" for i in range(6)]
+    assert out_first["response"].tolist() == expected
+    assert out_second["response"].tolist() == expected
+    # Each request was sent by one job; the other took its answer.
+    assert (out_first["cached"] != out_second["cached"]).all()
+    assert ((out_first["attempts"] == 0) == out_first["cached"]).all()
+
+
+def test_a_followed_job_that_stops_leaves_its_rows_to_the_follower(
+    sim: object,
+) -> None:
+    frame = pd.DataFrame({"text": [f"handover {i}" for i in range(4)]})
+    options = {"prompt": SLOW, "progress": None, "cache": False}
+    first = frame.deluge.submit("sim-stop", max_concurrent_requests=1, **options)
+    time.sleep(0.3)
+    second = frame.deluge.submit("sim-stop", **options)
+    time.sleep(0.3)
+    first.cancel()
+    out = second.result(timeout=30)
+
+    assert out["response"].tolist() == [f"handover {i}" for i in range(4)]
+    assert out["error"].isna().all()
