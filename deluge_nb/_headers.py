@@ -64,13 +64,11 @@ def parse_rate_limit_headers(
     limits: dict[str, ServerLimit] = {}
     for dimension in DIMENSIONS:
         wire = dimension.replace("_", "-")
-        openai = ServerLimit(
-            limit=_limit(headers.get(f"x-ratelimit-limit-{wire}")),
-            remaining=_count(headers.get(f"x-ratelimit-remaining-{wire}")),
-            reset_s=parse_go_duration(headers.get(f"x-ratelimit-reset-{wire}")),
+        openai = _reported(
+            headers.get(f"x-ratelimit-limit-{wire}"),
+            headers.get(f"x-ratelimit-remaining-{wire}"),
+            parse_go_duration(headers.get(f"x-ratelimit-reset-{wire}")),
         )
-        if _junk_limit(headers.get(f"x-ratelimit-limit-{wire}")):
-            openai = ServerLimit()
         prefix = f"anthropic-ratelimit-{wire}"
         if dimension == "tokens":
             # Anthropic's tokens-* repeats its most restrictive of input and
@@ -78,13 +76,11 @@ def parse_rate_limit_headers(
             # limit it would throttle too hard.
             anthropic = ServerLimit()
         else:
-            anthropic = ServerLimit(
-                limit=_limit(headers.get(f"{prefix}-limit")),
-                remaining=_count(headers.get(f"{prefix}-remaining")),
-                reset_s=_rfc3339_in(headers.get(f"{prefix}-reset"), now_unix),
+            anthropic = _reported(
+                headers.get(f"{prefix}-limit"),
+                headers.get(f"{prefix}-remaining"),
+                _rfc3339_in(headers.get(f"{prefix}-reset"), now_unix),
             )
-            if _junk_limit(headers.get(f"{prefix}-limit")):
-                anthropic = ServerLimit()
         for found in (openai, anthropic):
             if found != ServerLimit():
                 limits[dimension] = found
@@ -99,15 +95,19 @@ def _count(raw: str | None) -> float | None:
     return value
 
 
-def _limit(raw: str | None) -> float | None:
-    """A per-minute limit: at least one request or token, or None."""
-    value = _count(raw)
-    return value if value is not None and value >= 1 else None
+def _reported(
+    raw_limit: str | None, raw_remaining: str | None, reset_s: float | None
+) -> ServerLimit:
+    """One dimension's headers; nothing at all when its limit is junk.
 
-
-def _junk_limit(raw: str | None) -> bool:
-    """A limit header is there but says nothing usable (``0``, ``-1``, junk)."""
-    return raw is not None and _limit(raw) is None
+    A limit below one request or token (``0``, ``-1``, ``0.5``) is junk,
+    and so is what comes with it: Azure's ``limit: 0`` has ``remaining:
+    0``, which would hold back a job that has budget.
+    """
+    limit = _count(raw_limit)
+    if raw_limit is not None and (limit is None or limit < 1):
+        return ServerLimit()
+    return ServerLimit(limit, _count(raw_remaining), reset_s)
 
 
 def _rfc3339_in(raw: str | None, now_unix: float) -> float | None:

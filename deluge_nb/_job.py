@@ -51,6 +51,7 @@ from ._limits import NeverFitsError, Reservation
 from ._plan import PlannedRequest, plan_requests
 from ._progress import close_quietly, drive, make_view
 from ._retry import (
+    backoff_delay,
     is_retryable_status,
     parse_retry_after,
     retry_delay,
@@ -444,10 +445,7 @@ class _Run:
         logger.debug("row %d: the same request is in flight; waiting", request.first)
         answer = await asyncio.shield(shared)
         if answer is not None:
-            self._finish(
-                request,
-                replace(answer, cost_usd=0.0, cached=True, attempts=0, latency_s=0.0),
-            )
+            self._finish(request, _served(answer))
             return
         if self.raising:
             return
@@ -579,7 +577,7 @@ class _Run:
                 # pause must not, or one unlucky row would hold every job).
                 key_wait = server_wait
                 if key_wait is None:
-                    key_wait = retry_delay(1, rng=client._rng)
+                    key_wait = backoff_delay(1, client._rng)
                 self.limiter.on_rate_limited(
                     key_wait, error.dimension, sent_at=reservation.sent_at
                 )
@@ -710,11 +708,7 @@ class _Run:
         positions = request.positions
         self.results[positions[0]] = result
         if len(positions) > 1:
-            duplicate = result
-            if result.error is None:
-                duplicate = replace(
-                    result, cost_usd=0.0, cached=True, attempts=0, latency_s=0.0
-                )
+            duplicate = result if result.error is not None else _served(result)
             for position in positions[1:]:
                 self.results[position] = duplicate
 
@@ -747,6 +741,11 @@ def _publish(
         del _in_flight[key]
     if not answer.done():
         answer.set_result(result if result is not None and result.ok else None)
+
+
+def _served(answer: Completion) -> Completion:
+    """``answer`` for a row that did not send its own request: free, cached."""
+    return replace(answer, cost_usd=0.0, cached=True, attempts=0, latency_s=0.0)
 
 
 _MISSING = Completion()

@@ -21,7 +21,6 @@ rules can be tested by moving a fake clock instead of sleeping.
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import logging
 import math
@@ -444,16 +443,12 @@ class Limiter:
             "input_tokens": float(input_tokens),
             "output_tokens": float(output_tokens),
         }
-        fits = functools.partial(
-            self.check_fits,
-            tokens,
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-        )
         admission, changed = self._primitives()
         async with admission:
             while True:
-                problem = fits()
+                problem = self.check_fits(
+                    tokens, input_tokens=input_tokens, output_tokens=output_tokens
+                )
                 if problem:
                     raise NeverFitsError(problem)
                 now = self.clock()

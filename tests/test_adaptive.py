@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from deluge_nb import LLMClient, register_model
+from deluge_nb import LLMClient, _limits, register_model
 from deluge_nb._headers import ServerLimit, parse_rate_limit_headers
 from deluge_nb._limits import CUT_FACTOR, RECOVERY_PER_S, Limiter, RateBucket
 from deluge_nb.sim import serve
@@ -299,6 +299,26 @@ async def test_unvouched_limits_send_one_request_until_the_server_answers() -> N
     assert limiter.tokens.per_minute == 60_000
     limiter.release(first)
     limiter.release(second.result())
+
+
+async def test_unvouched_limits_wait_for_a_hung_first_request_only_briefly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_limits, "PROBE_WAIT_S", 0.3)
+    limiter = Limiter(600, 1_000_000, 8, explicit=False)
+    first = await limiter.acquire(10)
+    second = asyncio.ensure_future(limiter.acquire(10))
+    await asyncio.sleep(0.1)
+    # The first response's headers would tell the real limits: wait for it.
+    assert not second.done()
+    assert "learn the limits" in limiter.snapshot().reason
+
+    # But not for long: a first request that hangs holds nobody back for
+    # its whole timeout.
+    reservation = await asyncio.wait_for(second, timeout=2)
+    assert limiter.in_flight == 2
+    limiter.release(first)
+    limiter.release(reservation)
 
 
 def test_registry_defaults_learn_the_real_limits_without_a_429_herd() -> None:

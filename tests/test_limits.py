@@ -8,7 +8,6 @@ from collections.abc import Callable
 
 import pytest
 
-from deluge_nb import _limits
 from deluge_nb._headers import parse_rate_limit_headers
 from deluge_nb._limits import (
     WINDOW_S,
@@ -234,26 +233,6 @@ async def test_a_waiting_request_fails_when_a_limit_drops_below_it(
     limiter.release(held, 100)
     limiter.release(await asyncio.wait_for(small, timeout=5))
     assert limiter.in_flight == 0
-
-
-async def test_unvouched_limits_send_one_request_first(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(_limits, "PROBE_WAIT_S", 0.3)
-    limiter = Limiter(600, 1_000_000, 8, explicit=False)
-    first = await limiter.acquire(10)
-    second = asyncio.ensure_future(limiter.acquire(10))
-    await asyncio.sleep(0.1)
-    # The first response's headers would tell the real limits: wait for it.
-    assert not second.done()
-    assert "learn the limits" in limiter.snapshot().reason
-
-    # But not for long: a first request that hangs holds nobody back for
-    # its whole timeout.
-    reservation = await asyncio.wait_for(second, timeout=2)
-    assert limiter.in_flight == 2
-    limiter.release(first)
-    limiter.release(reservation)
 
 
 @pytest.mark.parametrize("now", [2456.512345, 1e6 + 0.1, 37.3])
